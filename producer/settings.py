@@ -1,0 +1,159 @@
+"""One settings object for producer and worker, read from the environment once.
+
+Every name is `TTS_` + the field name in upper case. Defaults point at the local stack that
+`tts-batch up` starts (its own ports, so it never clashes with services on the standard ones).
+Secrets (S3 keys, Redis password inside the URL) come from the environment, from a `*_FILE`
+variable naming a file, or from the credentials file the local stack writes; never from code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from producer.errors import ConfigError
+
+# The seven speaker ids of CosyVoice-300M-SFT; the espeak and fake engines use the same names so
+# that one job file works with every engine.
+COSYVOICE_SFT_SPEAKERS = ("中文女", "中文男", "日语男", "粤语女", "英文女", "英文男", "韩语女")
+
+# Ports of the local stack: the standard port + 10000, so a system Redis on 6379 or a
+# Prometheus on 9090 is never touched.
+LOCAL_PORTS = {
+    "redis": 16379,
+    "s3": 18333,
+    "pushgateway": 19091,
+    "prometheus": 19090,
+    "flower": 15555,
+}
+
+
+def _default_stack_dir() -> str:
+    return str(Path.cwd() / ".tts-stack")
+
+
+@dataclass(frozen=True)
+class Settings:
+    broker_url: str = f"redis://127.0.0.1:{LOCAL_PORTS['redis']}/0"
+    # Empty means: the broker URL.
+    result_backend: str = ""
+    s3_endpoint: str = f"http://127.0.0.1:{LOCAL_PORTS['s3']}"
+    s3_region: str = "us-east-1"
+    s3_bucket: str = "tts-audio"
+    s3_access_key: str = field(default="", repr=False)
+    s3_secret_key: str = field(default="", repr=False)
+    s3_create_bucket: bool = True
+    # Empty disables pushing (tasks still run).
+    pushgateway_url: str = f"http://127.0.0.1:{LOCAL_PORTS['pushgateway']}"
+    engine: str = "espeak"
+    model_dir: str = ""
+    # 0 means: the machine's cores divided among the worker processes.
+    threads: int = 0
+    concurrency: int = 2
+    max_chars: int = 500
+    max_batch_rows: int = 100_000
+    speakers: tuple[str, ...] = COSYVOICE_SFT_SPEAKERS
+    default_format: str = "wav"
+    # Batch state (progress, results, dead letters) lives this long after the last write.
+    batch_ttl_seconds: int = 7 * 24 * 3600
+    stack_dir: str = field(default_factory=_default_stack_dir)
+    # Test and benchmark knobs of the fake engine: seconds of sleep per synthesis.
+    fake_delay: float = 0.0
+
+    @property
+    def results_url(self) -> str:
+        return self.result_backend or self.broker_url
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from `TTS_*` variables (and `TTS_*_FILE` for secrets)."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            raw = _lookup(env, f.name)
+            if raw is None:
+                continue
+            values[f.name] = _parse(f.name, raw, type_name=str(f.type))
+        settings = cls(**values)  # type: ignore[arg-type]
+        if not settings.s3_access_key or not settings.s3_secret_key:
+            settings = _with_stack_credentials(settings)
+        return settings
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that reproduces these settings in a child process."""
+        env: dict[str, str] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, tuple):
+                text = ",".join(value)
+            elif isinstance(value, bool):
+                text = "true" if value else "false"
+            else:
+                text = str(value)
+            env["TTS_" + f.name.upper()] = text
+        return env
+
+
+def _lookup(env: Mapping[str, str], name: str) -> str | None:
+    key = "TTS_" + name.upper()
+    if key in env:
+        return env[key]
+    file_key = key + "_FILE"
+    if file_key in env:
+        try:
+            return Path(env[file_key]).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"{file_key}: cannot read {env[file_key]!r}: {exc}") from exc
+    return None
+
+
+def _parse(name: str, raw: str, *, type_name: str) -> object:
+    key = "TTS_" + name.upper()
+    if type_name == "bool":
+        lowered = raw.strip().lower()
+        if lowered in {"1", "true", "yes", "on"}:
+            return True
+        if lowered in {"0", "false", "no", "off", ""}:
+            return False
+        raise ConfigError(f"{key}: expected true or false, got {raw!r}")
+    if type_name in {"int", "float"}:
+        try:
+            number = int(raw) if type_name == "int" else float(raw)
+        except ValueError:
+            raise ConfigError(f"{key}: expected a {type_name}, got {raw!r}") from None
+        if number < 0:
+            raise ConfigError(f"{key}: must not be negative, got {raw!r}")
+        return number
+    if type_name.startswith("tuple"):
+        items = tuple(item.strip() for item in raw.split(",") if item.strip())
+        if not items:
+            raise ConfigError(f"{key}: expected a comma-separated list, got {raw!r}")
+        return items
+    return raw.strip()
+
+
+def credentials_path(stack_dir: str) -> Path:
+    """Where `tts-batch up` keeps the S3 keys it generated for the local stack."""
+    return Path(stack_dir) / "credentials.json"
+
+
+def _with_stack_credentials(settings: Settings) -> Settings:
+    path = credentials_path(settings.stack_dir)
+    try:
+        creds = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return settings
+    return _replace(
+        settings,
+        s3_access_key=settings.s3_access_key or str(creds.get("access_key", "")),
+        s3_secret_key=settings.s3_secret_key or str(creds.get("secret_key", "")),
+    )
+
+
+def _replace(settings: Settings, **changes: object) -> Settings:
+    from dataclasses import replace
+
+    return replace(settings, **changes)  # type: ignore[arg-type]
