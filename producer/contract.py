@@ -205,3 +205,28 @@ def _type_name(value: Any) -> str:
 def _short(value: Any, limit: int = 40) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def content_key(identity: Mapping[str, str | int], spec: JobSpec) -> str:
+    """The hash of everything that changes the audio: the engine's identity (engine, model,
+    sample rate, options) and the request (speaker, language, normalized text, format)."""
+    payload = json.dumps(
+        {
+            "v": SCHEMA_VERSION,
+            "engine": dict(identity),
+            "speaker": spec.speaker,
+            "lang": spec.lang,
+            "text": spec.text,
+            "format": spec.fmt,
+        },
+        sort_keys=True,
+        ensure_ascii=False,
+    )
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def object_key(key: str, fmt: str) -> str:
+    """Where the audio of a content key lives in the bucket: hash-derived only, never text."""
+    if not re.fullmatch(r"[0-9a-f]{64}", key) or fmt not in FORMATS:
+        raise ValueError(f"not a content key and format: {key!r}, {fmt!r}")
+    return f"audio/{key[:2]}/{key}.{fmt}"

@@ -60,8 +60,27 @@ class Settings:
     # Batch state (progress, results, dead letters) lives this long after the last write.
     batch_ttl_seconds: int = 7 * 24 * 3600
     stack_dir: str = field(default_factory=_default_stack_dir)
+    # Time limits of one job: base + per character of text (soft), + grace (hard). The broker's
+    # visibility timeout is derived from the longest allowed job, so a slow job is never
+    # redelivered while it still runs.
+    task_time_base_seconds: float = 120.0
+    task_time_per_char_seconds: float = 6.0
+    task_time_grace_seconds: float = 60.0
+    max_retries: int = 5
+    retry_base_seconds: float = 2.0
+    # Deliveries that ended with the worker process lost before a job is dead-lettered.
+    max_redeliveries: int = 2
     # Test and benchmark knobs of the fake engine: seconds of sleep per synthesis.
     fake_delay: float = 0.0
+
+    @property
+    def visibility_timeout_seconds(self) -> int:
+        longest = (
+            self.task_time_base_seconds
+            + self.task_time_per_char_seconds * self.max_chars
+            + self.task_time_grace_seconds
+        )
+        return int(longest * 1.25) + 60
 
     @property
     def results_url(self) -> str:

@@ -70,9 +70,13 @@ class EspeakSynthesizer:
             )
         self._binary = path
         self._wpm = words_per_minute
-        version = subprocess.run(
-            [path, "--version"], capture_output=True, text=True, check=False, timeout=30
-        ).stdout.split(":")[1].split()[0]
+        version = (
+            subprocess.run(
+                [path, "--version"], capture_output=True, text=True, check=False, timeout=30
+            )
+            .stdout.split(":")[1]
+            .split()[0]
+        )
         self.model_id = f"espeak-ng-{version}"
 
     def speakers(self) -> frozenset[str]:
@@ -149,5 +153,8 @@ def load_engine(settings: Settings) -> Synthesizer:
     if settings.engine == "cosyvoice":
         from worker.cosyvoice_engine import CosyVoiceSynthesizer
 
-        return CosyVoiceSynthesizer.from_settings(settings)
-    raise ConfigError(f"TTS_ENGINE: unknown engine {settings.engine!r}; known: {', '.join(ENGINES)}")
+        engine: Synthesizer = CosyVoiceSynthesizer.from_settings(settings)
+        return engine
+    raise ConfigError(
+        f"TTS_ENGINE: unknown engine {settings.engine!r}; known: {', '.join(ENGINES)}"
+    )

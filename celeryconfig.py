@@ -1,0 +1,36 @@
+"""Celery settings, mapped from the project's Settings (read from the environment when Celery
+first loads its configuration, not before)."""
+
+from __future__ import annotations
+
+from producer.queue import QUEUE
+from producer.settings import Settings
+
+_settings = Settings.from_env()
+
+broker_url = _settings.broker_url
+result_backend = _settings.results_url
+# JSON only: a pickled message could run code in the worker.
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+result_accept_content = ["json"]
+task_default_queue = QUEUE
+# Late ack + prefetch 1: a job is removed from the queue only after it ran, and a worker holds
+# at most the job in hand; a lost process's job is redelivered.
+task_acks_late = True
+task_reject_on_worker_lost = True
+worker_prefetch_multiplier = 1
+# Above the longest allowed job (settings.visibility_timeout_seconds), or a slow job would be
+# handed to a second worker while the first still runs it.
+broker_transport_options = {"visibility_timeout": _settings.visibility_timeout_seconds}
+result_backend_transport_options = {"visibility_timeout": _settings.visibility_timeout_seconds}
+result_expires = 24 * 3600
+result_extended = True
+task_track_started = True
+worker_send_task_events = True
+task_send_sent_event = True
+broker_connection_retry_on_startup = True
+worker_hijack_root_logger = False
+# Engine loading happens in each pool process after the fork: allow it its time.
+worker_proc_alive_timeout = 120.0

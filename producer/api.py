@@ -1,0 +1,339 @@
+"""The producer API: validate rows, record the batch, enqueue one job per distinct request.
+
+    producer = Producer.from_env()
+    batch = producer.submit_batch([{"id": "a1", "text": "...", "speaker": "英文女"}])
+    for result in batch.wait(timeout=600):
+        print(result.row_id, result.status, result.uri)
+
+Imports no torch and no engine.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from producer.batch_state import BatchState, Progress
+from producer.contract import (
+    BATCH_ID_PATTERN,
+    JobSpec,
+    build_message,
+    task_id_for,
+    validate_row_id,
+    validate_spec,
+)
+from producer.errors import InvalidBatch, InvalidJob
+from producer.queue import JobSender, client_app
+from producer.rows import Row, read_rows
+from producer.settings import Settings
+
+# How many rows are validated, recorded and sent per round trip.
+_CHUNK = 500
+# How many row errors an InvalidBatch keeps (the first ones; the count is always exact).
+_MAX_REPORTED_ERRORS = 50
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """The outcome of one row. `status` is succeeded, cached, failed or pending."""
+
+    row_id: str
+    job_id: str
+    status: str
+    key: str | None = None
+    uri: str | None = None
+    audio_seconds: float | None = None
+    cached: bool = False
+    reason: str | None = None
+    error: str | None = None
+    attempts: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("succeeded", "cached")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.row_id,
+            "job_id": self.job_id,
+            "status": self.status,
+            "key": self.key,
+            "uri": self.uri,
+            "audio_seconds": self.audio_seconds,
+            "cached": self.cached,
+            "reason": self.reason,
+            "error": self.error,
+        }
+
+    @classmethod
+    def from_record(cls, row_id: str, job_id: str, record: Mapping[str, Any] | None) -> JobResult:
+        if record is None:
+            return cls(row_id=row_id, job_id=job_id, status="pending")
+        return cls(
+            row_id=row_id,
+            job_id=job_id,
+            status=str(record["status"]),
+            key=record.get("key"),
+            uri=record.get("uri"),
+            audio_seconds=record.get("audio_seconds"),
+            cached=bool(record.get("cached")),
+            reason=record.get("reason"),
+            error=record.get("error"),
+            attempts=record.get("attempts"),
+        )
+
+
+@dataclass
+class SubmitReport:
+    """What one submission did: rows accepted, jobs sent, what was already done or skipped."""
+
+    rows: int = 0
+    new_rows: int = 0
+    jobs_sent: int = 0
+    jobs_already_done: int = 0
+    jobs_in_flight: int = 0
+    jobs_retried: int = 0
+    rejected: list[InvalidJob] = field(default_factory=list)
+    rejected_count: int = 0
+
+
+class BatchHandle:
+    """A submitted batch: its progress and its results, read from Redis."""
+
+    def __init__(self, state: BatchState, report: SubmitReport | None = None) -> None:
+        self._state = state
+        self.batch_id = state.batch_id
+        self.report = report or SubmitReport()
+
+    def progress(self) -> Progress:
+        """Rows of the batch: total, succeeded (incl. cached), failed, pending."""
+        return self._state.progress()
+
+    def results(self) -> Iterator[JobResult]:
+        """One result per row, in submission order (pending rows say so)."""
+        for row_id, job_id, record in self._state.iter_rows():
+            yield JobResult.from_record(row_id, job_id, record)
+
+    def wait(
+        self,
+        timeout: float | None = None,
+        on_progress: Callable[[Progress], None] | None = None,
+        *,
+        poll_seconds: float = 0.5,
+    ) -> list[JobResult]:
+        """Block until every row has an outcome (or `timeout` seconds pass: TimeoutError),
+        calling `on_progress` whenever the counts change; return one result per row."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        last: Progress | None = None
+        while True:
+            progress = self.progress()
+            if progress != last and on_progress is not None:
+                on_progress(progress)
+            last = progress
+            if progress.done:
+                return list(self.results())
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"batch {self.batch_id}: {progress.pending} of {progress.total} rows "
+                    f"still pending after {timeout} s"
+                )
+            time.sleep(poll_seconds)
+
+    def failed(self) -> list[JobResult]:
+        return [result for result in self.results() if result.status == "failed"]
+
+
+class JobHandle:
+    """One submitted text: a batch of one row."""
+
+    def __init__(self, batch: BatchHandle, row_id: str) -> None:
+        self.batch = batch
+        self.row_id = row_id
+
+    def result(self) -> JobResult:
+        for result in self.batch.results():
+            if result.row_id == self.row_id:
+                return result
+        raise KeyError(self.row_id)
+
+    def wait(self, timeout: float | None = None) -> JobResult:
+        self.batch.wait(timeout=timeout)
+        return self.result()
+
+
+class Producer:
+    """Validates and enqueues jobs; reads batches back."""
+
+    def __init__(self, settings: Settings, *, redis_client: redis.Redis | None = None) -> None:
+        self.settings = settings
+        self._redis = redis_client or redis.Redis.from_url(settings.results_url)
+        self._sender = JobSender(client_app(settings), settings)
+
+    @classmethod
+    def from_env(cls) -> Producer:
+        return cls(Settings.from_env())
+
+    def batch(self, batch_id: str) -> BatchHandle:
+        """A handle on an existing batch."""
+        validate_row_id(batch_id, field="batch_id")
+        return BatchHandle(self._state(batch_id))
+
+    def submit(
+        self,
+        text: str,
+        *,
+        speaker: str,
+        lang: str | None = None,
+        fmt: str = "wav",
+        job_id: str | None = None,
+    ) -> JobHandle:
+        """Enqueue one text; `job_id` (default: random) names it in the result."""
+        row_id = job_id or uuid.uuid4().hex
+        row = {"id": row_id, "text": text, "speaker": speaker, "lang": lang, "format": fmt}
+        batch = self.submit_batch([row], batch_id=f"job-{row_id}")
+        return JobHandle(batch, row_id)
+
+    def submit_batch(
+        self,
+        rows: Iterable[Mapping[str, Any]],
+        *,
+        batch_id: str | None = None,
+        skip_invalid: bool = False,
+    ) -> BatchHandle:
+        """Validate every row, then enqueue. Any invalid row refuses the whole batch
+        (InvalidBatch naming each row and field) unless `skip_invalid`, which reports them in
+        `handle.report.rejected`. Resubmitting with the same `batch_id` enqueues only rows
+        whose jobs are not done or in flight (failed ones run again)."""
+        materialized = [(index, dict(row)) for index, row in enumerate(rows, start=1)]
+        return self._submit(
+            lambda: iter(materialized), batch_id=batch_id, skip_invalid=skip_invalid
+        )
+
+    def submit_file(
+        self, path: Path, *, batch_id: str | None = None, skip_invalid: bool = False
+    ) -> BatchHandle:
+        """Like submit_batch, for a CSV or JSONL file, read twice and streaming (bounded
+        memory whatever the file's size); rows are named by their line number."""
+        return self._submit(lambda: read_rows(path), batch_id=batch_id, skip_invalid=skip_invalid)
+
+    def _state(self, batch_id: str) -> BatchState:
+        return BatchState(self._redis, batch_id, ttl_seconds=self.settings.batch_ttl_seconds)
+
+    def _submit(
+        self, open_rows: Callable[[], Iterator[Row]], *, batch_id: str | None, skip_invalid: bool
+    ) -> BatchHandle:
+        if batch_id is None:
+            batch_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:8]
+        elif not isinstance(batch_id, str) or not BATCH_ID_PATTERN.fullmatch(batch_id):
+            raise InvalidBatch(f"batch id {batch_id!r} is not valid (1-128 of A-Z a-z 0-9 . _ -)")
+        report = SubmitReport()
+        # Pass 1: validate everything, keeping only row ids (for uniqueness) and errors.
+        bad_lines = self._validate_all(open_rows(), report)
+        if report.rejected_count and not skip_invalid:
+            raise InvalidBatch(_summary(report), report.rejected)
+        # Pass 2: record rows and send jobs, chunk by chunk.
+        state = self._state(batch_id)
+        state.create()
+        chunk: list[tuple[str, JobSpec]] = []
+        for line, fields in open_rows():
+            if line in bad_lines or isinstance(fields, InvalidJob):
+                continue
+            chunk.append((str(fields["id"]), self._spec(fields, line)))
+            if len(chunk) >= _CHUNK:
+                self._enqueue_chunk(state, chunk, report)
+                chunk = []
+        if chunk:
+            self._enqueue_chunk(state, chunk, report)
+        state.touch()
+        return BatchHandle(state, report)
+
+    def _spec(self, fields: Mapping[str, Any], line: int) -> JobSpec:
+        return validate_spec(
+            fields, speakers=self.settings.speakers, max_chars=self.settings.max_chars, row=line
+        )
+
+    def _validate_all(self, rows: Iterator[Row], report: SubmitReport) -> set[int]:
+        seen: set[str] = set()
+        bad_lines: set[int] = set()
+        for line, fields in rows:
+            report.rows += 1
+            if report.rows > self.settings.max_batch_rows:
+                raise InvalidBatch(
+                    f"the batch has more than {self.settings.max_batch_rows} rows "
+                    "(TTS_MAX_BATCH_ROWS): split the file"
+                )
+            try:
+                if isinstance(fields, InvalidJob):
+                    raise fields
+                row_id = validate_row_id(fields.get("id"), row=line)
+                if row_id in seen:
+                    raise InvalidJob(f"id {row_id!r} appears more than once", field="id", row=line)
+                self._spec(fields, line)
+                seen.add(row_id)
+            except InvalidJob as exc:
+                bad_lines.add(line)
+                report.rejected_count += 1
+                if len(report.rejected) < _MAX_REPORTED_ERRORS:
+                    report.rejected.append(exc)
+        return bad_lines
+
+    def _enqueue_chunk(
+        self, state: BatchState, chunk: list[tuple[str, JobSpec]], report: SubmitReport
+    ) -> None:
+        # Rows with the same request share one job (and so one synthesis).
+        job_of = {fp: task_id_for(state.batch_id, fp) for fp in {s.fingerprint() for _, s in chunk}}
+        pairs = [(row_id, job_of[spec.fingerprint()]) for row_id, spec in chunk]
+        report.new_rows += sum(state.add_rows(pairs))
+        specs = {job_of[spec.fingerprint()]: spec for _, spec in chunk}
+        job_ids = list(specs)
+        to_send = []
+        for job_id, (sent, status) in zip(job_ids, state.job_states(job_ids), strict=True):
+            if status in ("succeeded", "cached"):
+                report.jobs_already_done += 1
+            elif status == "failed":
+                if state.reset_failed(job_id):
+                    report.jobs_retried += 1
+                    to_send.append(job_id)
+            elif sent:
+                report.jobs_in_flight += 1
+            else:
+                to_send.append(job_id)
+        now = time.time()
+        messages = [
+            build_message(job_id=j, batch_id=state.batch_id, spec=specs[j], enqueued_at=now)
+            for j in to_send
+        ]
+        self._sender.send(messages)
+        state.mark_sent(to_send)
+        report.jobs_sent += len(messages)
+
+    def retry_failed(self, batch_id: str) -> int:
+        """Enqueue again every failed job of a batch; returns how many."""
+        state = self._state(batch_id)
+        if not state.exists():
+            raise InvalidBatch(f"no batch {batch_id!r} (expired or never submitted)")
+        messages = []
+        now = time.time()
+        for job_id, record in state.failed_jobs():
+            message = record.get("message")
+            if not isinstance(message, dict) or not state.reset_failed(job_id):
+                continue
+            message = {**message, "enqueued_at": now}
+            messages.append(message)
+        self._sender.send(messages)
+        state.mark_sent([m["job_id"] for m in messages])
+        return len(messages)
+
+
+def _summary(report: SubmitReport) -> str:
+    shown = "; ".join(str(exc) for exc in report.rejected[:5])
+    more = report.rejected_count - min(len(report.rejected), 5)
+    tail = f"; and {more} more" if more > 0 else ""
+    count = f"{report.rejected_count} of {report.rows} rows are invalid"
+    return f"{count}, nothing enqueued: {shown}{tail}"

@@ -1,0 +1,295 @@
+"""The `tts-batch` command line.
+
+Exit codes: 0 all good, 1 some jobs failed (or are still pending), 2 usage or input error.
+Every option that names a service is read from the TTS_* environment (see producer.settings);
+subcommands that need the worker side import it only when run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from producer.errors import ConfigError, InvalidBatch, InvalidJob, TTSError
+from producer.settings import Settings
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env()
+        code: int = args.run(args, settings)
+        return code
+    except (InvalidBatch, InvalidJob, ConfigError) as exc:
+        print(f"tts-batch: error: {exc}", file=sys.stderr)
+        for detail in getattr(exc, "errors", [])[:20]:
+            print(f"  {detail}", file=sys.stderr)
+        return EXIT_USAGE
+    except TTSError as exc:
+        print(f"tts-batch: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tts-batch", description="Bulk text-to-speech on Celery workers, Redis and S3."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("submit", help="validate and enqueue a CSV or JSONL file")
+    p.add_argument(
+        "file", type=Path, help="CSV with a header, or JSONL: id,text,speaker[,lang,format]"
+    )
+    p.add_argument(
+        "--batch-id", help="name of the batch (resubmitting it enqueues only what is not done)"
+    )
+    p.add_argument(
+        "--skip-invalid", action="store_true", help="enqueue valid rows, report bad ones"
+    )
+    p.add_argument("--wait", action="store_true", help="wait for the batch with a progress bar")
+    p.add_argument("--timeout", type=float, default=None, help="seconds to wait at most")
+    p.add_argument("--manifest", type=Path, help="write one JSON line per row with its result")
+    p.set_defaults(run=_cmd_submit)
+
+    p = sub.add_parser("status", help="progress of a batch")
+    p.add_argument("batch_id")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(run=_cmd_status)
+
+    p = sub.add_parser("fetch", help="download a batch's audio, named by row id")
+    p.add_argument("batch_id")
+    p.add_argument("--to", type=Path, required=True, help="folder to write into")
+    p.set_defaults(run=_cmd_fetch)
+
+    p = sub.add_parser("failed", help="list a batch's failed jobs (dead letters)")
+    p.add_argument("batch_id")
+    p.set_defaults(run=_cmd_failed)
+
+    p = sub.add_parser("retry", help="enqueue a batch's failed jobs again")
+    p.add_argument("batch_id")
+    p.set_defaults(run=_cmd_retry)
+
+    p = sub.add_parser(
+        "up", help="start the local stack (Redis, S3, Pushgateway, Prometheus, Flower, workers)"
+    )
+    p.add_argument("--workers", type=int, default=1, help="worker nodes (default 1)")
+    p.add_argument("--concurrency", type=int, default=None, help="processes per worker node")
+    p.add_argument("--no-workers", action="store_true", help="start the services only")
+    p.set_defaults(run=_cmd_up)
+
+    p = sub.add_parser("down", help="stop the local stack")
+    p.set_defaults(run=_cmd_down)
+
+    p = sub.add_parser("ps", help="show the local stack's services")
+    p.set_defaults(run=_cmd_ps)
+
+    p = sub.add_parser("worker", help="run a worker in the foreground with the project's settings")
+    p.add_argument("--concurrency", type=int, default=None)
+    p.add_argument("--hostname", default=None, help="Celery node name (default tts@HOST)")
+    p.add_argument("--loglevel", default="INFO")
+    p.set_defaults(run=_cmd_worker)
+    return parser
+
+
+def _producer(settings: Settings) -> Any:
+    from producer.api import Producer
+
+    return Producer(settings)
+
+
+def _cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
+    producer = _producer(settings)
+    handle = producer.submit_file(args.file, batch_id=args.batch_id, skip_invalid=args.skip_invalid)
+    report = handle.report
+    print(
+        f"batch {handle.batch_id}: {report.rows} rows, {report.jobs_sent} jobs enqueued"
+        + (f", {report.jobs_already_done} already done" if report.jobs_already_done else "")
+        + (f", {report.jobs_in_flight} already queued" if report.jobs_in_flight else "")
+        + (f", {report.rejected_count} rows rejected" if report.rejected_count else ""),
+        file=sys.stderr,
+    )
+    for exc in report.rejected:
+        print(f"  rejected: {exc}", file=sys.stderr)
+    print(handle.batch_id)
+    if not args.wait and args.manifest is None:
+        return EXIT_FAILED if report.rejected_count else EXIT_OK
+    results = (
+        handle.wait(timeout=args.timeout, on_progress=_progress_bar(sys.stderr))
+        if args.wait
+        else list(handle.results())
+    )
+    if args.manifest is not None:
+        _write_manifest(args.manifest, results, report.rejected)
+        print(f"manifest: {args.manifest}", file=sys.stderr)
+    failed = [r for r in results if not r.ok]
+    for result in failed[:20]:
+        print(
+            f"  {result.row_id}: {result.status} {result.reason or ''} {result.error or ''}",
+            file=sys.stderr,
+        )
+    return EXIT_FAILED if failed or report.rejected_count else EXIT_OK
+
+
+def _progress_bar(stream: TextIO) -> Callable[[Any], None]:
+    from tqdm import tqdm
+
+    bar: dict[str, Any] = {}
+
+    def update(progress: Any) -> None:
+        if "bar" not in bar:
+            bar["bar"] = tqdm(total=progress.total, unit="row", file=stream, dynamic_ncols=True)
+        done = progress.succeeded + progress.failed
+        bar["bar"].set_postfix(
+            ok=progress.succeeded, failed=progress.failed, cached=progress.cached
+        )
+        bar["bar"].update(done - bar["bar"].n)
+        if progress.done:
+            bar["bar"].close()
+
+    return update
+
+
+def _write_manifest(path: Path, results: Sequence[Any], rejected: Sequence[InvalidJob]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as out:
+        for result in results:
+            out.write(json.dumps(result.to_dict(), ensure_ascii=False) + "\n")
+        for exc in rejected:
+            line = {
+                "line": exc.row,
+                "status": "rejected",
+                "field": exc.field,
+                "reason": exc.reason,
+                "error": str(exc),
+            }
+            out.write(json.dumps(line, ensure_ascii=False) + "\n")
+
+
+def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    handle = _producer(settings).batch(args.batch_id)
+    progress = handle.progress()
+    if progress.total == 0:
+        raise InvalidBatch(f"no batch {args.batch_id!r} (expired or never submitted)")
+    figures = {
+        "batch_id": args.batch_id,
+        "total": progress.total,
+        "succeeded": progress.succeeded,
+        "cached": progress.cached,
+        "failed": progress.failed,
+        "pending": progress.pending,
+    }
+    if args.json:
+        print(json.dumps(figures))
+    else:
+        print("  ".join(f"{k}={v}" for k, v in figures.items()))
+    return EXIT_OK if progress.done and progress.failed == 0 else EXIT_FAILED
+
+
+def _cmd_fetch(args: argparse.Namespace, settings: Settings) -> int:
+    from producer.storage import AudioStore
+
+    handle = _producer(settings).batch(args.batch_id)
+    store = AudioStore.from_settings(settings)
+    args.to.mkdir(parents=True, exist_ok=True)
+    written = missing = 0
+    for result in handle.results():
+        if not result.ok or result.key is None:
+            missing += 1
+            continue
+        extension = result.key.rsplit(".", 1)[-1]
+        # Row ids match [A-Za-z0-9._-]{1,128}: safe as file names (never '..' alone).
+        name = result.row_id if result.row_id not in (".", "..") else f"_{result.row_id}"
+        store.download(result.key, args.to / f"{name}.{extension}")
+        written += 1
+    print(f"{written} files in {args.to}" + (f"; {missing} rows have no audio" if missing else ""))
+    if written == 0 and missing == 0:
+        raise InvalidBatch(f"no batch {args.batch_id!r} (expired or never submitted)")
+    return EXIT_FAILED if missing else EXIT_OK
+
+
+def _cmd_failed(args: argparse.Namespace, settings: Settings) -> int:
+    handle = _producer(settings).batch(args.batch_id)
+    failed = handle.failed()
+    for result in failed:
+        print(
+            json.dumps(
+                {
+                    "id": result.row_id,
+                    "job_id": result.job_id,
+                    "reason": result.reason,
+                    "attempts": result.attempts,
+                    "error": result.error,
+                },
+                ensure_ascii=False,
+            )
+        )
+    print(f"{len(failed)} failed rows", file=sys.stderr)
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
+    count = _producer(settings).retry_failed(args.batch_id)
+    print(f"{count} failed jobs enqueued again")
+    return EXIT_OK
+
+
+def _stack(settings: Settings) -> Any:
+    from producer.localstack import LocalStack
+
+    return LocalStack.from_settings(settings)
+
+
+def _cmd_up(args: argparse.Namespace, settings: Settings) -> int:
+    stack = _stack(settings)
+    workers = 0 if args.no_workers else args.workers
+    statuses = stack.up(workers=workers, concurrency=args.concurrency or settings.concurrency)
+    for status in statuses.values():
+        print(status.describe())
+    return EXIT_OK
+
+
+def _cmd_down(args: argparse.Namespace, settings: Settings) -> int:
+    _stack(settings).down()
+    print("local stack stopped")
+    return EXIT_OK
+
+
+def _cmd_ps(args: argparse.Namespace, settings: Settings) -> int:
+    statuses = _stack(settings).status()
+    for status in statuses.values():
+        print(status.describe())
+    return EXIT_OK if all(s.running for s in statuses.values()) else EXIT_FAILED
+
+
+def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    concurrency = args.concurrency or settings.concurrency
+    hostname = args.hostname or "tts@%h"
+    command = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker.app",
+        "worker",
+        "-E",
+        "-Q",
+        "tts",
+        "--concurrency",
+        str(concurrency),
+        "--hostname",
+        hostname,
+        "--loglevel",
+        args.loglevel,
+    ]
+    env = {**os.environ, **settings.to_env()}
+    os.execvpe(command[0], command, env)

@@ -1,0 +1,32 @@
+"""Encoding samples into a file format, with soundfile."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import soundfile as sf
+
+# soundfile (format, subtype) per job format; WAV PCM16 is the default.
+_FORMATS = {
+    "wav": ("WAV", "PCM_16"),
+    "flac": ("FLAC", "PCM_16"),
+    "ogg": ("OGG", "VORBIS"),
+}
+
+
+def encode(samples: np.ndarray, *, sample_rate: int, fmt: str) -> bytes:
+    """Encode float mono samples; values outside [-1, 1] are clipped, not wrapped."""
+    if fmt not in _FORMATS:
+        raise ValueError(f"unsupported format {fmt!r}")
+    audio = np.clip(np.asarray(samples, dtype=np.float32).reshape(-1), -1.0, 1.0)
+    if audio.size == 0 or not np.isfinite(audio).all():
+        raise ValueError("the engine returned empty or non-finite audio")
+    container, subtype = _FORMATS[fmt]
+    buffer = io.BytesIO()
+    sf.write(buffer, audio, sample_rate, format=container, subtype=subtype)
+    return buffer.getvalue()
+
+
+def duration_seconds(samples: np.ndarray, sample_rate: int) -> float:
+    return float(np.asarray(samples).reshape(-1).shape[0]) / float(sample_rate)

@@ -1,0 +1,166 @@
+"""One job's steps, from message to stored audio, with no Celery in sight.
+
+validate -> content key -> cached? -> synthesize -> encode -> upload -> record -> metrics.
+Permanent errors raise InvalidJob (after recording the failure); transient ones raise
+TransientError for the caller to retry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from producer.batch_state import BatchState
+from producer.contract import (
+    ROW_ID_PATTERN,
+    JobMessage,
+    content_key,
+    object_key,
+    parse_message,
+)
+from producer.errors import InvalidJob
+from producer.settings import Settings
+from producer.storage import AudioStore
+from worker.audio import duration_seconds, encode
+from worker.push import WorkerMetrics
+from worker.synth import Synthesizer
+
+
+@dataclass
+class WorkerContext:
+    """What a worker process builds once and every job uses."""
+
+    settings: Settings
+    engine: Synthesizer
+    store: AudioStore
+    redis: redis.Redis
+    metrics: WorkerMetrics
+    worker_name: str
+
+    def batch(self, batch_id: str) -> BatchState:
+        return BatchState(self.redis, batch_id, ttl_seconds=self.settings.batch_ttl_seconds)
+
+
+def parse(ctx: WorkerContext, message: Any) -> JobMessage:
+    """Validate a message against the contract and this engine's own speakers."""
+    speakers = frozenset(ctx.settings.speakers) & ctx.engine.speakers()
+    return parse_message(message, speakers=speakers, max_chars=ctx.settings.max_chars)
+
+
+def run_job(ctx: WorkerContext, job: JobMessage, *, attempt: int) -> dict[str, Any]:
+    """Produce (or find) the audio of a validated job and record the result in its batch."""
+    spec = job.spec
+    key = content_key(ctx.engine.identity(), spec)
+    okey = object_key(key, spec.fmt)
+    started = time.perf_counter()
+    existing = ctx.store.head(okey)
+    ctx.metrics.storage.labels(op="lookup").observe(time.perf_counter() - started)
+    if existing is not None:
+        audio_seconds = _float(existing.metadata.get("duration-seconds"))
+        status = "cached"
+    else:
+        started = time.perf_counter()
+        try:
+            samples = ctx.engine.synthesize(spec.text, speaker=spec.speaker, lang=spec.lang)
+            data = encode(samples, sample_rate=ctx.engine.sample_rate, fmt=spec.fmt)
+        except InvalidJob:
+            raise
+        except Exception as exc:
+            raise EngineFailure(f"{type(exc).__name__}: {exc}") from exc
+        inference_seconds = time.perf_counter() - started
+        audio_seconds = duration_seconds(samples, ctx.engine.sample_rate)
+        ctx.metrics.synthesized(
+            seconds=inference_seconds, audio_seconds=audio_seconds, characters=len(spec.text)
+        )
+        started = time.perf_counter()
+        ctx.store.put(okey, data, fmt=spec.fmt, metadata=_metadata(ctx, job, audio_seconds))
+        ctx.metrics.storage.labels(op="upload").observe(time.perf_counter() - started)
+        status = "succeeded"
+    result = {
+        "job_id": job.job_id,
+        "batch_id": job.batch_id,
+        "status": status,
+        "key": okey,
+        "uri": ctx.store.uri(okey),
+        "audio_seconds": audio_seconds,
+        "cached": status == "cached",
+        "engine": ctx.engine.name,
+        "worker": ctx.worker_name,
+        "attempts": attempt,
+    }
+    first = ctx.batch(job.batch_id).record(job.job_id, result)
+    # A redelivered job whose first run already recorded an outcome is not counted again.
+    if first:
+        ctx.metrics.outcome(status)
+    return result
+
+
+class EngineFailure(Exception):
+    """The engine raised on valid input: a permanent failure with reason engine_error."""
+
+
+def record_failure(
+    ctx: WorkerContext,
+    message: Any,
+    *,
+    reason: str,
+    error: str,
+    attempts: int,
+) -> None:
+    """Record a job's terminal failure in its batch (when the message names one) and count it."""
+    job_id, batch_id = _ids(message)
+    first = True
+    if job_id and batch_id:
+        record = {
+            "job_id": job_id,
+            "batch_id": batch_id,
+            "status": "failed",
+            "cached": False,
+            "reason": reason,
+            "error": error[:500],
+            "attempts": attempts,
+            "worker": ctx.worker_name,
+            # Kept so that `tts-batch retry` can enqueue the job again as it was.
+            "message": message if isinstance(message, dict) else None,
+            "failed_at": time.time(),
+        }
+        first = ctx.batch(batch_id).record(job_id, record)
+    if first:
+        ctx.metrics.outcome("failed")
+
+
+def _ids(message: Any) -> tuple[str | None, str | None]:
+    if not isinstance(message, dict):
+        return None, None
+    job_id, batch_id = message.get("job_id"), message.get("batch_id")
+
+    def ok(value: Any) -> bool:
+        return isinstance(value, str) and ROW_ID_PATTERN.fullmatch(value) is not None
+
+    return (job_id if ok(job_id) else None, batch_id if ok(batch_id) else None)
+
+
+def _metadata(ctx: WorkerContext, job: JobMessage, audio_seconds: float) -> dict[str, str]:
+    # S3 metadata must be ASCII: the speaker id is percent-free hex-encoded UTF-8 when needed.
+    speaker = job.spec.speaker
+    return {
+        "engine": ctx.engine.name,
+        "model": ctx.engine.model_id,
+        "speaker": speaker if speaker.isascii() else speaker.encode("utf-8").hex(),
+        "speaker-encoding": "ascii" if speaker.isascii() else "utf-8-hex",
+        "lang": job.spec.lang or "",
+        "sample-rate": str(ctx.engine.sample_rate),
+        "duration-seconds": f"{audio_seconds:.3f}",
+        "text-sha256": hashlib.sha256(job.spec.text.encode("utf-8")).hexdigest(),
+    }
+
+
+def _float(value: str | None) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None

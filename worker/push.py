@@ -1,0 +1,229 @@
+"""Per-process metrics and the background pusher that sends them to the Pushgateway.
+
+Each worker process owns one registry whose counters are cumulative for the life of the
+process, and pushes the whole registry (PUT) under {job, worker, process}: processes never
+overwrite each other, and rate() sees counters that only grow. Pushing happens on a thread of
+its own, coalesced, so a slow or absent Pushgateway never delays or fails a task.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import delete_from_gateway, push_to_gateway
+
+from producer.errors import ERROR_REASONS
+
+log = logging.getLogger(__name__)
+
+PUSH_JOB = "tts_worker"
+TASK_STATUSES = ("succeeded", "failed", "cached")
+STORAGE_OPS = ("upload", "lookup")
+# From 50 ms (espeak on a short line) to 30 min (CosyVoice on CPU at RTF ~15 on a long text).
+DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800)
+QUEUE_WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 1800, 3600, 7200)
+STORAGE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class WorkerMetrics:
+    """The metrics of one worker process, in a registry of its own."""
+
+    def __init__(self, *, engine: str) -> None:
+        self.engine = engine
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.inference = Histogram(
+            "tts_inference_duration_seconds",
+            "Time inside the engine per synthesis.",
+            ["engine"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.errors = Counter(
+            "tts_errors_total", "Error events by reason (fixed set).", ["reason"], registry=r
+        )
+        self.tasks = Counter(
+            "tts_tasks_total", "Jobs by terminal outcome, once each.", ["status"], registry=r
+        )
+        self.retries = Counter(
+            "tts_task_retries_total", "Retries scheduled, by reason.", ["reason"], registry=r
+        )
+        self.task_duration = Histogram(
+            "tts_task_duration_seconds",
+            "Whole task, receive to result.",
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "tts_queue_wait_seconds",
+            "Enqueue to start of the task.",
+            buckets=QUEUE_WAIT_BUCKETS,
+            registry=r,
+        )
+        self.storage = Histogram(
+            "tts_storage_seconds",
+            "S3 lookup and upload time.",
+            ["op"],
+            buckets=STORAGE_BUCKETS,
+            registry=r,
+        )
+        self.audio_seconds = Counter(
+            "tts_audio_seconds_total", "Seconds of audio synthesized.", ["engine"], registry=r
+        )
+        self.characters = Counter(
+            "tts_characters_total", "Characters of text synthesized.", ["engine"], registry=r
+        )
+        self.info = Gauge(
+            "tts_worker_info",
+            "Always 1; the labels say which engine and model this process runs.",
+            ["engine", "model", "version"],
+            registry=r,
+        )
+        self.engine_load = Gauge(
+            "tts_engine_load_seconds", "Time the engine took to load.", registry=r
+        )
+        # Zero every known label value so that rate() and ratios have a series from the start.
+        for reason in ERROR_REASONS:
+            self.errors.labels(reason=reason)
+            self.retries.labels(reason=reason)
+        for status in TASK_STATUSES:
+            self.tasks.labels(status=status)
+        for op in STORAGE_OPS:
+            self.storage.labels(op=op)
+        self.audio_seconds.labels(engine=engine)
+        self.characters.labels(engine=engine)
+        self.inference.labels(engine=engine)
+
+    def set_info(self, *, model: str, version: str, load_seconds: float) -> None:
+        self.info.labels(engine=self.engine, model=model, version=version).set(1)
+        self.engine_load.set(load_seconds)
+
+    def error(self, reason: str) -> None:
+        self.errors.labels(reason=reason if reason in ERROR_REASONS else "bad_message").inc()
+
+    def outcome(self, status: str) -> None:
+        self.tasks.labels(status=status).inc()
+
+    def retry(self, reason: str) -> None:
+        self.retries.labels(reason=reason if reason in ERROR_REASONS else "bad_message").inc()
+
+    def synthesized(self, *, seconds: float, audio_seconds: float, characters: int) -> None:
+        self.inference.labels(engine=self.engine).observe(seconds)
+        self.audio_seconds.labels(engine=self.engine).inc(audio_seconds)
+        self.characters.labels(engine=self.engine).inc(characters)
+
+
+PushFunc = Callable[..., Any]
+
+
+class BackgroundPusher:
+    """Pushes a registry to the Pushgateway from a daemon thread.
+
+    `notify()` marks the registry changed; the thread pushes at most once per
+    `min_interval`, and at least every `heartbeat` seconds so that an idle but live process
+    keeps its `push_time_seconds` fresh. Failures are logged once per outage and retried;
+    nothing here ever raises into the caller. `close()` makes a final push, then deletes the
+    group.
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        *,
+        url: str,
+        grouping_key: dict[str, str],
+        min_interval: float = 1.0,
+        heartbeat: float = 15.0,
+        timeout: float = 5.0,
+        push: PushFunc = push_to_gateway,
+        delete: PushFunc = delete_from_gateway,
+    ) -> None:
+        self._registry = registry
+        self._url = url
+        self.grouping_key = dict(grouping_key)
+        self._min_interval = min_interval
+        self._heartbeat = heartbeat
+        self._timeout = timeout
+        self._push = push
+        self._delete = delete
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._failing = False
+        self.pushes = 0
+        self.failures = 0
+        self._thread = threading.Thread(target=self._run, name="tts-metrics-pusher", daemon=True)
+
+    def start(self) -> BackgroundPusher:
+        self._thread.start()
+        return self
+
+    def notify(self) -> None:
+        self._wake.set()
+
+    def push_now(self) -> bool:
+        """One push, in the caller's thread; True when the Pushgateway took it."""
+        with self._lock:
+            try:
+                self._push(
+                    self._url,
+                    job=PUSH_JOB,
+                    registry=self._registry,
+                    grouping_key=self.grouping_key,
+                    timeout=self._timeout,
+                )
+            except Exception as exc:
+                self.failures += 1
+                if not self._failing:
+                    log.warning("metrics push to %s failed (will retry): %s", self._url, exc)
+                self._failing = True
+                return False
+            if self._failing:
+                log.info("metrics push to %s works again", self._url)
+            self._failing = False
+            self.pushes += 1
+            return True
+
+    def close(self, *, delete: bool = True) -> None:
+        """Stop the thread, push what is left, then remove this process's group."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=self._timeout + 1)
+        self.push_now()
+        if delete:
+            try:
+                self._delete(
+                    self._url, job=PUSH_JOB, grouping_key=self.grouping_key, timeout=self._timeout
+                )
+            except Exception as exc:
+                log.warning("deleting metrics group %s failed: %s", self.grouping_key, exc)
+
+    def _run(self) -> None:
+        backoff = self._min_interval
+        while not self._stop.is_set():
+            woken = self._wake.wait(timeout=self._heartbeat)
+            if self._stop.is_set():
+                return
+            self._wake.clear()
+            ok = self.push_now()
+            if ok:
+                backoff = self._min_interval
+                # Coalesce: changes during this pause go out in the next single push.
+                self._stop.wait(self._min_interval)
+            else:
+                # Keep the change pending and retry with a growing pause (at most 30 s).
+                if woken:
+                    self._wake.set()
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+                self._wake.set()
+
+
+def grouping_key(worker: str, pid: int | None = None) -> dict[str, str]:
+    return {"worker": worker, "process": str(os.getpid() if pid is None else pid)}

@@ -1,0 +1,105 @@
+"""The per-process worker context: built once when a pool process starts, closed when it stops.
+
+Kept apart from Celery so that a test or a benchmark can build the same context directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+
+import redis
+
+from producer.errors import StorageError
+from producer.settings import Settings
+from producer.storage import AudioStore
+from worker.pipeline import WorkerContext
+from worker.push import BackgroundPusher, WorkerMetrics, grouping_key
+from worker.synth import Synthesizer, load_engine
+
+log = logging.getLogger(__name__)
+
+_state: dict[str, object] = {"worker_name": socket.gethostname()}
+
+
+def set_worker_name(name: str) -> None:
+    """The Celery node name (set in the parent before the pool forks)."""
+    _state["worker_name"] = name
+
+
+def worker_name() -> str:
+    return str(_state["worker_name"])
+
+
+def build_context(
+    settings: Settings, *, engine: Synthesizer | None = None, load_seconds: float = 0.0
+) -> tuple[WorkerContext, BackgroundPusher | None]:
+    """Engine, storage, Redis, metrics and pusher for this process."""
+    if engine is None:
+        started = time.perf_counter()
+        engine = load_engine(settings)
+        load_seconds = time.perf_counter() - started
+    store = AudioStore.from_settings(settings)
+    if settings.s3_create_bucket:
+        try:
+            store.ensure_bucket()
+        except StorageError as exc:
+            # Not fatal: the storage may come back; each task retries its own storage errors.
+            log.warning("could not check the bucket at start-up: %s", exc)
+    metrics = WorkerMetrics(engine=engine.name)
+    version = getattr(engine, "version", engine.model_id)
+    metrics.set_info(model=engine.model_id, version=str(version), load_seconds=load_seconds)
+    name = worker_name()
+    ctx = WorkerContext(
+        settings=settings,
+        engine=engine,
+        store=store,
+        redis=redis.Redis.from_url(settings.results_url),
+        metrics=metrics,
+        worker_name=name,
+    )
+    pusher = None
+    if settings.pushgateway_url:
+        pusher = BackgroundPusher(
+            metrics.registry, url=settings.pushgateway_url, grouping_key=grouping_key(name)
+        ).start()
+        pusher.notify()
+    return ctx, pusher
+
+
+def start_process(settings: Settings | None = None) -> WorkerContext:
+    """Build this process's context (idempotent)."""
+    if _state.get("pid") == os.getpid() and "context" in _state:
+        return context()
+    ctx, pusher = build_context(settings or Settings.from_env())
+    _state.update(pid=os.getpid(), context=ctx, pusher=pusher)
+    log.info(
+        "worker process %s ready: engine %s (%s)", os.getpid(), ctx.engine.name, ctx.engine.model_id
+    )
+    return ctx
+
+
+def context() -> WorkerContext:
+    """This process's context; built on first use where no process-init signal ran (solo)."""
+    if _state.get("pid") != os.getpid():
+        return start_process()
+    ctx = _state["context"]
+    assert isinstance(ctx, WorkerContext)
+    return ctx
+
+
+def pusher() -> BackgroundPusher | None:
+    value = _state.get("pusher") if _state.get("pid") == os.getpid() else None
+    return value if isinstance(value, BackgroundPusher) else None
+
+
+def stop_process() -> None:
+    """Final metrics push and removal of this process's group."""
+    current = pusher()
+    if current is not None:
+        current.close()
+    _state.pop("pid", None)
+    _state.pop("context", None)
+    _state.pop("pusher", None)

@@ -1,0 +1,110 @@
+"""The Celery task: thin glue from a job message to worker.pipeline, plus the process
+lifecycle signals (context built after the fork, metrics flushed on exit)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded
+from celery.signals import celeryd_after_setup, worker_process_init, worker_process_shutdown
+
+from producer.contract import TASK_NAME
+from producer.errors import InvalidJob, TransientError
+from worker import runtime
+from worker.app import app
+from worker.pipeline import EngineFailure, WorkerContext, parse, record_failure, run_job
+from worker.retry import backoff_seconds
+
+log = logging.getLogger(__name__)
+
+
+@celeryd_after_setup.connect
+def _remember_node_name(sender: str, **_: Any) -> None:
+    runtime.set_worker_name(sender)
+
+
+@worker_process_init.connect
+def _start_process(**_: Any) -> None:
+    runtime.start_process()
+
+
+@worker_process_shutdown.connect
+def _stop_process(**_: Any) -> None:
+    runtime.stop_process()
+
+
+@app.task(
+    name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True, throws=(InvalidJob,)
+)
+def synthesize(self: Task, message: Any) -> dict[str, Any]:
+    """Synthesize one job message (see producer.contract) and return its JSON result."""
+    ctx = runtime.context()
+    started = time.perf_counter()
+    retries = int(self.request.retries or 0)
+    try:
+        return _run(self, ctx, message, retries=retries)
+    finally:
+        ctx.metrics.task_duration.observe(time.perf_counter() - started)
+        current = runtime.pusher()
+        if current is not None:
+            current.notify()
+
+
+def _run(task: Task, ctx: WorkerContext, message: Any, *, retries: int) -> dict[str, Any]:
+    attempt = retries + 1
+    try:
+        job = parse(ctx, message)
+    except InvalidJob as exc:
+        _fail(ctx, message, reason=exc.reason, error=str(exc), attempts=attempt)
+        raise
+    deliveries = ctx.batch(job.batch_id).count_attempt(job.job_id)
+    # Starts that neither finished nor scheduled a retry: the process running them was lost.
+    if deliveries - 1 - retries > ctx.settings.max_redeliveries:
+        error = f"the job was lost with its worker process {deliveries - 1 - retries} times"
+        _fail(ctx, message, reason="worker_lost", error=error, attempts=deliveries)
+        raise InvalidJob(error, reason="worker_lost")
+    if retries == 0 and job.enqueued_at:
+        ctx.metrics.queue_wait.observe(max(time.time() - job.enqueued_at, 0.0))
+    try:
+        return run_job(ctx, job, attempt=attempt)
+    except InvalidJob as exc:
+        _fail(ctx, message, reason=exc.reason, error=str(exc), attempts=attempt)
+        raise
+    except EngineFailure as exc:
+        _fail(ctx, message, reason="engine_error", error=str(exc), attempts=attempt)
+        raise InvalidJob(str(exc), reason="engine_error") from exc
+    except SoftTimeLimitExceeded:
+        error = f"the job ran past its time limit ({task.request.timelimit})"
+        _fail(ctx, message, reason="timeout", error=error, attempts=attempt)
+        raise InvalidJob(error, reason="timeout") from None
+    except TransientError as exc:
+        return _retry_or_dead_letter(task, ctx, message, exc, retries=retries)
+
+
+def _retry_or_dead_letter(
+    task: Task, ctx: WorkerContext, message: Any, exc: TransientError, *, retries: int
+) -> dict[str, Any]:
+    reason = "storage_error"
+    ctx.metrics.error(reason)
+    if retries >= ctx.settings.max_retries:
+        record_failure(
+            ctx,
+            message,
+            reason=reason,
+            error=f"gave up after {retries + 1} attempts: {exc}",
+            attempts=retries + 1,
+        )
+        raise InvalidJob(str(exc), reason=reason) from exc
+    ctx.metrics.retry(reason)
+    countdown = backoff_seconds(retries, base=ctx.settings.retry_base_seconds)
+    log.warning("job %s: %s; retry %d in %.1f s", task.request.id, exc, retries + 1, countdown)
+    raise task.retry(exc=exc, countdown=countdown, max_retries=ctx.settings.max_retries)
+
+
+def _fail(ctx: WorkerContext, message: Any, *, reason: str, error: str, attempts: int) -> None:
+    ctx.metrics.error(reason)
+    record_failure(ctx, message, reason=reason, error=error, attempts=attempts)
+    log.info("job failed (%s): %s", reason, error)
