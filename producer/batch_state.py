@@ -193,12 +193,11 @@ class BatchState:
         """(row id, job id, result or None) in submission order, read in chunks."""
         start = 0
         while True:
-            row_ids = [
-                r.decode() for r in self._r.lrange(self._keys["order"], start, start + chunk - 1)
-            ]
+            end = start + chunk - 1
+            row_ids = [_text(r) for r in self._r.lrange(self._keys["order"], start, end)]
             if not row_ids:
                 return
-            job_ids = [j.decode() for j in self._r.hmget(self._keys["rows"], row_ids)]
+            job_ids = [_text(j) for j in self._r.hmget(self._keys["rows"], row_ids)]
             raws = self._r.hmget(self._keys["results"], job_ids)
             for row_id, job_id, raw in zip(row_ids, job_ids, raws, strict=True):
                 yield row_id, job_id, json.loads(raw) if raw is not None else None

@@ -11,4 +11,4 @@ def backoff_seconds(
     """Delay before retry number `retries + 1`: base * 2^retries, capped, times a jitter in
     [0.5, 1.5) so that jobs failing together do not retry together."""
     jitter: float = (rng or random).uniform(0.5, 1.5)
-    return min(cap, base * (2**retries)) * jitter
+    return min(cap, base * 2.0**retries) * jitter
