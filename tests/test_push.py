@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
 import pytest
 
@@ -14,7 +15,7 @@ from worker.push import BackgroundPusher, WorkerMetrics, grouping_key
 
 
 class Recorder(BaseHTTPRequestHandler):
-    requests: list[tuple[str, str, bytes]] = []
+    requests: ClassVar[list[tuple[str, str, bytes]]] = []
     status = 200
 
     def _handle(self) -> None:
