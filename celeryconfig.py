@@ -34,3 +34,4 @@ broker_connection_retry_on_startup = True
 worker_hijack_root_logger = False
 # Engine loading happens in each pool process after the fork: allow it its time.
 worker_proc_alive_timeout = 120.0
+worker_consumer = "worker.consumer:CountingConsumer"

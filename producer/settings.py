@@ -70,6 +70,9 @@ class Settings:
     retry_base_seconds: float = 2.0
     # Deliveries that ended with the worker process lost before a job is dead-lettered.
     max_redeliveries: int = 2
+    # A job synthesizing a content key holds a lease this long, renewed while it works; a job
+    # with the same key waits for the object instead of synthesizing it twice.
+    lease_seconds: float = 30.0
     # Test and benchmark knobs of the fake engine: seconds of sleep per synthesis.
     fake_delay: float = 0.0
 

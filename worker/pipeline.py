@@ -1,4 +1,5 @@
-"""One job's steps, from message to stored audio, with no Celery in sight.
+"""One job's steps, from message to stored audio; no Celery app or task here (only its
+time-limit exception is let through).
 
 validate -> content key -> cached? -> synthesize -> encode -> upload -> record -> metrics.
 Permanent errors raise InvalidJob (after recording the failure); transient ones raise
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from celery.exceptions import SoftTimeLimitExceeded
 
 from producer.batch_state import BatchState
 from producer.contract import (
@@ -22,10 +24,11 @@ from producer.contract import (
     object_key,
     parse_message,
 )
-from producer.errors import InvalidJob
+from producer.errors import InvalidJob, StorageError
 from producer.settings import Settings
-from producer.storage import AudioStore
+from producer.storage import AudioStore, StoredObject
 from worker.audio import duration_seconds, encode
+from worker.lease import ContentLease
 from worker.push import WorkerMetrics
 from worker.synth import Synthesizer
 
@@ -40,6 +43,7 @@ class WorkerContext:
     redis: redis.Redis
     metrics: WorkerMetrics
     worker_name: str
+    leases: ContentLease
 
     def batch(self, batch_id: str) -> BatchState:
         return BatchState(self.redis, batch_id, ttl_seconds=self.settings.batch_ttl_seconds)
@@ -53,33 +57,62 @@ def parse(ctx: WorkerContext, message: Any) -> JobMessage:
 
 def run_job(ctx: WorkerContext, job: JobMessage, *, attempt: int) -> dict[str, Any]:
     """Produce (or find) the audio of a validated job and record the result in its batch."""
-    spec = job.spec
-    key = content_key(ctx.engine.identity(), spec)
-    okey = object_key(key, spec.fmt)
+    key = content_key(ctx.engine.identity(), job.spec)
+    okey = object_key(key, job.spec.fmt)
+    existing = _lookup(ctx, okey)
+    if existing is None:
+        # Another job with this key may be synthesizing right now: wait for its object
+        # rather than make a second one.
+        with ctx.leases.exclusive(key, done=lambda: _lookup(ctx, okey) is not None) as mine:
+            # The lease holder looks once more: the object may have landed just before.
+            if mine and (existing := _lookup(ctx, okey)) is None:
+                return _synthesize_and_record(ctx, job, okey, attempt=attempt)
+        existing = existing or _lookup(ctx, okey)
+        if existing is None:
+            raise StorageError(f"{okey} is missing after its lease was released")
+    audio_seconds = _float(existing.metadata.get("duration-seconds"))
+    return _record(ctx, job, okey, status="cached", audio_seconds=audio_seconds, attempt=attempt)
+
+
+def _lookup(ctx: WorkerContext, okey: str) -> StoredObject | None:
     started = time.perf_counter()
     existing = ctx.store.head(okey)
     ctx.metrics.storage.labels(op="lookup").observe(time.perf_counter() - started)
-    if existing is not None:
-        audio_seconds = _float(existing.metadata.get("duration-seconds"))
-        status = "cached"
-    else:
-        started = time.perf_counter()
-        try:
-            samples = ctx.engine.synthesize(spec.text, speaker=spec.speaker, lang=spec.lang)
-            data = encode(samples, sample_rate=ctx.engine.sample_rate, fmt=spec.fmt)
-        except InvalidJob:
-            raise
-        except Exception as exc:
-            raise EngineFailure(f"{type(exc).__name__}: {exc}") from exc
-        inference_seconds = time.perf_counter() - started
-        audio_seconds = duration_seconds(samples, ctx.engine.sample_rate)
-        ctx.metrics.synthesized(
-            seconds=inference_seconds, audio_seconds=audio_seconds, characters=len(spec.text)
-        )
-        started = time.perf_counter()
-        ctx.store.put(okey, data, fmt=spec.fmt, metadata=_metadata(ctx, job, audio_seconds))
-        ctx.metrics.storage.labels(op="upload").observe(time.perf_counter() - started)
-        status = "succeeded"
+    return existing
+
+
+def _synthesize_and_record(
+    ctx: WorkerContext, job: JobMessage, okey: str, *, attempt: int
+) -> dict[str, Any]:
+    spec = job.spec
+    started = time.perf_counter()
+    try:
+        samples = ctx.engine.synthesize(spec.text, speaker=spec.speaker, lang=spec.lang)
+        data = encode(samples, sample_rate=ctx.engine.sample_rate, fmt=spec.fmt)
+    except (InvalidJob, SoftTimeLimitExceeded):
+        raise
+    except Exception as exc:
+        raise EngineFailure(f"{type(exc).__name__}: {exc}") from exc
+    inference_seconds = time.perf_counter() - started
+    audio_seconds = duration_seconds(samples, ctx.engine.sample_rate)
+    ctx.metrics.synthesized(
+        seconds=inference_seconds, audio_seconds=audio_seconds, characters=len(spec.text)
+    )
+    started = time.perf_counter()
+    ctx.store.put(okey, data, fmt=spec.fmt, metadata=_metadata(ctx, job, audio_seconds))
+    ctx.metrics.storage.labels(op="upload").observe(time.perf_counter() - started)
+    return _record(ctx, job, okey, status="succeeded", audio_seconds=audio_seconds, attempt=attempt)
+
+
+def _record(
+    ctx: WorkerContext,
+    job: JobMessage,
+    okey: str,
+    *,
+    status: str,
+    audio_seconds: float | None,
+    attempt: int,
+) -> dict[str, Any]:
     result = {
         "job_id": job.job_id,
         "batch_id": job.batch_id,

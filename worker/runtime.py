@@ -15,6 +15,7 @@ import redis
 from producer.errors import StorageError
 from producer.settings import Settings
 from producer.storage import AudioStore
+from worker.lease import ContentLease
 from worker.pipeline import WorkerContext
 from worker.push import BackgroundPusher, WorkerMetrics, grouping_key
 from worker.synth import Synthesizer, load_engine
@@ -52,13 +53,15 @@ def build_context(
     version = getattr(engine, "version", engine.model_id)
     metrics.set_info(model=engine.model_id, version=str(version), load_seconds=load_seconds)
     name = worker_name()
+    client = redis.Redis.from_url(settings.results_url)
     ctx = WorkerContext(
         settings=settings,
         engine=engine,
         store=store,
-        redis=redis.Redis.from_url(settings.results_url),
+        redis=client,
         metrics=metrics,
         worker_name=name,
+        leases=ContentLease(client, ttl=settings.lease_seconds),
     )
     pusher = None
     if settings.pushgateway_url:

@@ -9,11 +9,18 @@ from typing import Any
 
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
-from celery.signals import celeryd_after_setup, worker_process_init, worker_process_shutdown
+from celery.signals import (
+    celeryd_after_setup,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_ready,
+    worker_shutdown,
+)
 
 from producer.contract import TASK_NAME
 from producer.errors import InvalidJob, TransientError
-from worker import runtime
+from producer.settings import Settings
+from worker import consumer, runtime
 from worker.app import app
 from worker.pipeline import EngineFailure, WorkerContext, parse, record_failure, run_job
 from worker.retry import backoff_seconds
@@ -24,6 +31,21 @@ log = logging.getLogger(__name__)
 @celeryd_after_setup.connect
 def _remember_node_name(sender: str, **_: Any) -> None:
     runtime.set_worker_name(sender)
+
+
+@worker_ready.connect
+def _start_parent(sender: Any, **_: Any) -> None:
+    settings = Settings.from_env()
+    consumer.start_parent(
+        worker=runtime.worker_name(),
+        pushgateway_url=settings.pushgateway_url,
+        engine=settings.engine,
+    )
+
+
+@worker_shutdown.connect
+def _stop_parent(**_: Any) -> None:
+    consumer.stop_parent()
 
 
 @worker_process_init.connect
@@ -39,8 +61,12 @@ def _stop_process(**_: Any) -> None:
 @app.task(
     name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True, throws=(InvalidJob,)
 )
-def synthesize(self: Task, message: Any) -> dict[str, Any]:
-    """Synthesize one job message (see producer.contract) and return its JSON result."""
+def synthesize(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Synthesize one job message (see producer.contract) and return its JSON result.
+
+    Takes any arguments so that a message with the wrong ones fails as bad_message here,
+    recorded and counted, instead of as a TypeError before the task body runs."""
+    message: Any = args[0] if len(args) == 1 and not kwargs else {"args": args, **kwargs}
     ctx = runtime.context()
     started = time.perf_counter()
     retries = int(self.request.retries or 0)
@@ -62,9 +88,12 @@ def _run(task: Task, ctx: WorkerContext, message: Any, *, retries: int) -> dict[
         raise
     deliveries = ctx.batch(job.batch_id).count_attempt(job.job_id)
     # Starts that neither finished nor scheduled a retry: the process running them was lost.
-    if deliveries - 1 - retries > ctx.settings.max_redeliveries:
-        error = f"the job was lost with its worker process {deliveries - 1 - retries} times"
-        _fail(ctx, message, reason="worker_lost", error=error, attempts=deliveries)
+    lost = deliveries - 1 - retries
+    if lost > 0:
+        ctx.metrics.error("worker_lost")
+    if lost > ctx.settings.max_redeliveries:
+        error = f"the job was lost with its worker process {lost} times"
+        record_failure(ctx, message, reason="worker_lost", error=error, attempts=deliveries)
         raise InvalidJob(error, reason="worker_lost")
     if retries == 0 and job.enqueued_at:
         ctx.metrics.queue_wait.observe(max(time.time() - job.enqueued_at, 0.0))

@@ -1,0 +1,77 @@
+"""The Celery parent process's side of metrics.
+
+Messages that fail before any task code runs (a body that is not JSON or not UTF-8, a pickled
+body, an unknown task) are handled by the consumer in the parent: they are counted here as
+tts_errors_total{reason="bad_message"}, pushed under the parent's own {worker, process} group.
+The parent also runs the janitor that removes its dead children's groups.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from celery.worker.consumer import Consumer
+
+from worker.janitor import Janitor
+from worker.push import BackgroundPusher, WorkerMetrics, grouping_key
+
+log = logging.getLogger(__name__)
+
+_parent: dict[str, Any] = {}
+
+
+def start_parent(*, worker: str, pushgateway_url: str, engine: str) -> None:
+    """Parent metrics and janitor; called once the worker is ready (after the pool forked)."""
+    metrics = WorkerMetrics(engine=engine)
+    _parent.update(pid=os.getpid(), metrics=metrics)
+    if pushgateway_url:
+        pusher = BackgroundPusher(
+            metrics.registry, url=pushgateway_url, grouping_key=grouping_key(worker)
+        ).start()
+        pusher.notify()
+        janitor = Janitor(pushgateway_url, worker=worker).start()
+        _parent.update(pusher=pusher, janitor=janitor)
+
+
+def stop_parent() -> None:
+    """Final push and removal of the parent's group, then one last sweep for dead children."""
+    if _parent.get("pid") != os.getpid():
+        return
+    janitor, pusher = _parent.pop("janitor", None), _parent.pop("pusher", None)
+    if janitor is not None:
+        janitor.stop()
+    if pusher is not None:
+        pusher.close()
+    if janitor is not None:
+        janitor.sweep()
+
+
+def count_bad_message() -> None:
+    metrics = _parent.get("metrics") if _parent.get("pid") == os.getpid() else None
+    if isinstance(metrics, WorkerMetrics):
+        metrics.error("bad_message")
+        pusher = _parent.get("pusher")
+        if isinstance(pusher, BackgroundPusher):
+            pusher.notify()
+
+
+class CountingConsumer(Consumer):  # type: ignore[misc]
+    """Celery's consumer, counting the messages it has to drop before any task runs."""
+
+    def on_decode_error(self, message: Any, exc: Exception) -> None:
+        count_bad_message()
+        super().on_decode_error(message, exc)
+
+    def on_unknown_message(self, body: Any, message: Any) -> None:
+        count_bad_message()
+        super().on_unknown_message(body, message)
+
+    def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
+        count_bad_message()
+        super().on_unknown_task(body, message, exc)
+
+    def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
+        count_bad_message()
+        super().on_invalid_task(body, message, exc)
