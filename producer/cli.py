@@ -293,3 +293,7 @@ def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     ]
     env = {**os.environ, **settings.to_env()}
     os.execvpe(command[0], command, env)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

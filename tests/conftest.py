@@ -1,0 +1,126 @@
+"""The integration harness: real Redis, SeaweedFS, Pushgateway, Prometheus and Celery worker
+processes, started on loopback ports of their own in a temporary folder and stopped by PID.
+
+- `stack` (session): the servers. Workers are started per test or module by `workers(...)`
+  with the settings that test needs, and stopped at its end.
+- Each test starts from an empty queue and an empty Redis database (`clean_redis`).
+- Waits poll with a deadline (`wait_until`); nothing sleeps and hopes.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from producer.settings import Settings
+from tests.helpers import make_settings
+
+SERVICES = ("redis", "s3", "pushgateway", "prometheus")
+
+
+def _free_base() -> int:
+    """A base port with its ten ports (and their +10000 gRPC twins) free on loopback."""
+    start = 20000 + (os.getpid() % 270) * 10
+    for base in list(range(start, 22700, 10)) + list(range(20000, start, 10)):
+        ports = [base + i for i in range(10)] + [base + 10000 + i for i in range(10)]
+        if all(_port_free(p) for p in ports):
+            return base
+    raise RuntimeError("no free port range between 20000 and 32710")
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from producer.localstack import LocalStack, StackLayout, StackPorts
+
+    state = tmp_path_factory.mktemp("stack")
+    layout = StackLayout(state, ports=StackPorts.from_base(_free_base()))
+    local = LocalStack(layout, base_settings=make_settings())
+    try:
+        local.up(list(SERVICES))
+        yield local
+    finally:
+        local.down()
+
+
+@pytest.fixture()
+def settings(stack: Any) -> Settings:
+    """Settings pointing at the test stack."""
+    s: Settings = stack.settings()
+    return s
+
+
+@pytest.fixture(autouse=True)
+def clean_redis(request: pytest.FixtureRequest) -> None:
+    if "stack" not in request.fixturenames:
+        return
+    stack = request.getfixturevalue("stack")
+    redis.Redis.from_url(stack.settings().broker_url).flushdb()
+
+
+class Workers:
+    """Starts Celery worker nodes on the test stack with given settings; stops them by PID."""
+
+    def __init__(self, stack: Any) -> None:
+        self._stack = stack
+        self._started: list[tuple[Any, str]] = []
+        self._count = 0
+
+    def start(self, *, concurrency: int = 2, **changes: Any) -> WorkerNode:
+        from producer.localstack import LocalStack
+
+        self._count += 1
+        name = f"worker-{os.getpid()}{self._count}"
+        node_stack = LocalStack(
+            self._stack.layout, base_settings=make_settings(**changes), ready_timeout=120
+        )
+        status = node_stack.up([name], concurrency=concurrency)[name]
+        self._started.append((node_stack, name))
+        return WorkerNode(node_stack, name, status.pid, self._stack.layout.dirs.log_file(name))
+
+    def stop_all(self) -> None:
+        for node_stack, name in reversed(self._started):
+            node_stack.stop(name)
+        self._started.clear()
+
+
+class WorkerNode:
+    def __init__(self, stack: Any, name: str, pid: int, log: Path) -> None:
+        self.stack = stack
+        self.name = name
+        self.pid = pid
+        self.log = log
+
+    @property
+    def hostname(self) -> str:
+        return f"{self.name}@{socket.gethostname()}"
+
+    def stop(self) -> None:
+        self.stack.stop(self.name)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@pytest.fixture()
+def workers(stack: Any) -> Iterator[Workers]:
+    pool = Workers(stack)
+    try:
+        yield pool
+    finally:
+        pool.stop_all()
