@@ -1,0 +1,275 @@
+"""The local stack without Docker: start, find, check and stop its servers as processes.
+
+Used by `tts-batch up` / `down` / `status-stack` and by the integration-test harness::
+
+    stack = LocalStack(StackLayout(tmp_path, ports=StackPorts.from_base(21000)))
+    stack.up(["redis", "s3", "pushgateway"])
+    settings = stack.settings()   # a Settings pointing at this stack
+    stack.down()
+
+All state (data, logs, pid files, generated config and credentials) lives in the state folder.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from producer.settings import Settings
+from producer.stack_layout import (
+    StackCredentials,
+    StackLayout,
+    StackPorts,
+    load_or_create_credentials,
+)
+from producer.stack_procs import (
+    StackError,
+    find_running,
+    first_busy_port,
+    is_alive,
+    log_tail,
+    read_pid,
+    spawn,
+    stop_pid,
+    wait_until,
+)
+from producer.stack_services import (
+    APP_SERVICES,
+    BASE_SERVICES,
+    WORKER_PREFIX,
+    Service,
+    ServiceContext,
+    build_service,
+    redis_url,
+)
+
+__all__ = ["LocalStack", "ServiceStatus", "StackError", "StackLayout", "StackPorts"]
+
+State = Literal["running", "stopped", "skipped"]
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    """One service as last seen: `started` says whether this call launched it."""
+
+    name: str
+    state: State
+    pid: int | None = None
+    url: str = ""
+    started: bool = False
+    ready_seconds: float | None = None
+    detail: str = ""
+
+
+class LocalStack:
+    """A supervisor for one state folder's servers (see the module docstring)."""
+
+    def __init__(
+        self,
+        layout: StackLayout,
+        *,
+        app: str = "worker.app",
+        queue: str = "tts",
+        base_settings: Settings | None = None,
+        extra_env: Mapping[str, str] | None = None,
+        redis_password: bool = False,
+        ready_timeout: float = 60.0,
+    ) -> None:
+        """`app` is the Celery app module of Flower and the workers; `base_settings` supplies
+        every setting the stack does not own (engine, limits...); `extra_env` is added to
+        every child's environment after the settings."""
+        self.layout = layout
+        self.app = app
+        self.queue = queue
+        self.base_settings = base_settings
+        self.extra_env = dict(extra_env or {})
+        self.redis_password = redis_password
+        self.ready_timeout = ready_timeout
+        self.concurrency = 2
+
+    def settings(self) -> Settings:
+        """Settings pointing at this stack: broker, S3 endpoint and keys, Pushgateway."""
+        return self._stack_settings(self._context(self._creds()))
+
+    def up(
+        self, services: Sequence[str] | None = None, *, workers: int = 1, concurrency: int = 2
+    ) -> dict[str, ServiceStatus]:
+        """Start what is not running yet and wait until every service is ready.
+
+        `services` defaults to all of them plus `workers` Celery workers (`worker-1`...);
+        services whose module is missing (Flower and workers without the app, the queue
+        exporter) come back as "skipped". Raises StackError naming the service, with its log
+        tail, if one cannot start or is not ready within `ready_timeout`.
+        """
+        self.concurrency = concurrency
+        names = list(services) if services is not None else self.default_services(workers)
+        result: dict[str, ServiceStatus] = {}
+        # Two phases: Flower and workers connect to Redis at start-up.
+        for phase in (_base_first(names), _app_last(names)):
+            result.update(self._start_all(phase))
+        return result
+
+    @staticmethod
+    def default_services(workers: int = 1) -> list[str]:
+        """Every service name, with `workers` worker entries."""
+        workers_names = [f"{WORKER_PREFIX}{i}" for i in range(1, workers + 1)]
+        return [*BASE_SERVICES, *APP_SERVICES, *workers_names]
+
+    def down(self) -> dict[str, ServiceStatus]:
+        """Stop every service that has a pid file, workers first, Redis last."""
+        return {name: self.stop(name) for name in reversed(self._known_names())}
+
+    def status(self) -> dict[str, ServiceStatus]:
+        """What runs now, per pid file and command line (stale pid files are removed)."""
+        creds = self._creds()
+        out: dict[str, ServiceStatus] = {}
+        for name in self._known_names(extra=self.default_services()):
+            service = build_service(name, self._context(creds))
+            if service is None:
+                out[name] = ServiceStatus(name, "skipped", detail="module not installed")
+                continue
+            pid = find_running(service.spec, self.layout.dirs)
+            state: State = "running" if pid else "stopped"
+            out[name] = ServiceStatus(name, state, pid=pid, url=service.url)
+        return out
+
+    def start(self, name: str) -> ServiceStatus:
+        """Start one service (if not running) and wait until it is ready."""
+        return self._start_all([name])[name]
+
+    def stop(self, name: str) -> ServiceStatus:
+        """Stop one service by its pid file: SIGTERM, wait, SIGKILL; remove the pid file."""
+        dirs = self.layout.dirs
+        pid = read_pid(dirs, name)
+        service = build_service(name, self._context(self._creds()))
+        detail = ""
+        if pid is not None and is_alive(pid):
+            if service is None or find_running(service.spec, dirs) == pid:
+                killed = stop_pid(pid, grace=service.grace if service else 10.0)
+                detail = "killed after grace period" if killed else "terminated"
+            else:
+                detail = f"pid {pid} belongs to another process: left alone"
+        dirs.pid_file(name).unlink(missing_ok=True)
+        return ServiceStatus(name, "stopped", pid=pid, detail=detail)
+
+    def restart(self, name: str) -> ServiceStatus:
+        """Stop, then start one service, keeping its data."""
+        self.stop(name)
+        return self.start(name)
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _creds(self) -> StackCredentials:
+        return load_or_create_credentials(
+            self.layout.credentials_file, redis_password=self.redis_password
+        )
+
+    def _context(self, creds: StackCredentials) -> ServiceContext:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        ctx = ServiceContext(
+            layout=self.layout,
+            creds=creds,
+            env=env,
+            app=self.app,
+            queue=self.queue,
+            concurrency=self.concurrency,
+        )
+        settings_env = self._stack_settings(ctx).to_env()
+        return replace(ctx, env={**env, **settings_env, **self.extra_env})
+
+    def _stack_settings(self, ctx: ServiceContext) -> Settings:
+        host, ports = self.layout.host, self.layout.ports
+        return replace(
+            self.base_settings or Settings(),
+            broker_url=redis_url(ctx),
+            result_backend="",
+            s3_endpoint=f"http://{host}:{ports.s3}",
+            s3_access_key=ctx.creds.access_key,
+            s3_secret_key=ctx.creds.secret_key,
+            pushgateway_url=f"http://{host}:{ports.pushgateway}",
+            stack_dir=str(self.layout.state_dir),
+        )
+
+    def _known_names(self, extra: Iterable[str] = ()) -> list[str]:
+        """Service names in start order: the defaults, then any other pid file's name."""
+        found = sorted(p.stem for p in self.layout.dirs.pids.glob("*.pid"))
+        names = [*BASE_SERVICES, *APP_SERVICES]
+        workers = sorted({n for n in [*found, *extra] if n.startswith(WORKER_PREFIX)}, key=_nat)
+        return [*names, *workers, *(n for n in found if n not in names and n not in workers)]
+
+    def _start_all(self, names: Sequence[str]) -> dict[str, ServiceStatus]:
+        ctx = self._context(self._creds())
+        dirs = self.layout.dirs
+        out: dict[str, ServiceStatus] = {}
+        launched: dict[str, tuple[Service, int, float]] = {}
+        for name in names:
+            service = build_service(name, ctx)
+            if service is None:
+                out[name] = ServiceStatus(name, "skipped", detail="module not installed")
+                continue
+            pid = find_running(service.spec, dirs)
+            if pid is not None:
+                out[name] = ServiceStatus(name, "running", pid=pid, url=service.url)
+                continue
+            busy = first_busy_port(self.layout.host, service.ports)
+            if busy is not None:
+                raise StackError(f"{name}: port {busy} is already in use by another process")
+            service.prepare()
+            launched[name] = (service, spawn(service.spec, dirs), time.monotonic())
+        ready_seconds = self._wait_ready(launched)
+        for name, (service, pid, _) in launched.items():
+            out[name] = ServiceStatus(
+                name,
+                "running",
+                pid=pid,
+                url=service.url,
+                started=True,
+                ready_seconds=ready_seconds[name],
+            )
+        return {name: out[name] for name in names}
+
+    def _wait_ready(self, launched: Mapping[str, tuple[Service, int, float]]) -> dict[str, float]:
+        """Poll every launched service together; seconds from spawn to ready, per service."""
+        ready: dict[str, float] = {}
+        failed: dict[str, str] = {}
+
+        def check() -> bool:
+            for name, (service, pid, t0) in launched.items():
+                if name in ready or name in failed:
+                    continue
+                if service.ready():
+                    ready[name] = round(time.monotonic() - t0, 3)
+                elif not is_alive(pid):
+                    failed[name] = "exited during start-up"
+            return len(ready) + len(failed) == len(launched) or bool(failed)
+
+        wait_until(check, timeout=self.ready_timeout)
+        for name in launched:
+            if name not in ready:
+                failed.setdefault(name, f"not ready after {self.ready_timeout}s")
+        if not failed:
+            return ready
+        for name in failed:
+            self.stop(name)
+        msg = [
+            f"{name} {why}; log {self.layout.dirs.log_file(name)}:\n"
+            f"{log_tail(self.layout.dirs, name)}"
+            for name, why in failed.items()
+        ]
+        raise StackError("\n".join(msg))
+
+
+def _base_first(names: Sequence[str]) -> list[str]:
+    return [n for n in names if n not in APP_SERVICES and not n.startswith(WORKER_PREFIX)]
+
+
+def _app_last(names: Sequence[str]) -> list[str]:
+    return [n for n in names if n in APP_SERVICES or n.startswith(WORKER_PREFIX)]
+
+
+def _nat(name: str) -> tuple[str, int]:
+    prefix, _, number = name.rpartition("-")
+    return (prefix, int(number) if number.isdigit() else 0)
