@@ -10,6 +10,6 @@ app = Celery("localstack_test", broker=os.environ.get("TTS_BROKER_URL", "redis:/
 app.conf.task_default_queue = "tts"
 
 
-@app.task(name="tts.ping")
+@app.task(name="tts.ping")  # type: ignore[untyped-decorator]
 def ping() -> str:
     return "pong"
