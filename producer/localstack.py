@@ -17,7 +17,9 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from producer.settings import Settings
 from producer.stack_layout import (
@@ -47,7 +49,14 @@ from producer.stack_services import (
     redis_url,
 )
 
-__all__ = ["LocalStack", "ServiceStatus", "StackError", "StackLayout", "StackPorts"]
+__all__ = [
+    "LocalStack",
+    "ServiceStatus",
+    "StackError",
+    "StackLayout",
+    "StackPorts",
+    "format_statuses",
+]
 
 State = Literal["running", "stopped", "skipped"]
 
@@ -90,6 +99,33 @@ class LocalStack:
         self.redis_password = redis_password
         self.ready_timeout = ready_timeout
         self.concurrency = 2
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        app: str = "worker.app",
+        extra_env: Mapping[str, str] | None = None,
+        redis_password: bool = False,
+    ) -> LocalStack:
+        """The stack `tts-batch up` manages: `settings.stack_dir`, with the Redis, S3 and
+        Pushgateway ports taken from the settings' URLs (the other ports: StackPorts.local()).
+        """
+        ports = replace(
+            StackPorts.local(),
+            redis=_port_of(settings.broker_url, StackPorts.local().redis),
+            s3=_port_of(settings.s3_endpoint, StackPorts.local().s3),
+            pushgateway=_port_of(settings.pushgateway_url, StackPorts.local().pushgateway),
+        )
+        layout = StackLayout(Path(settings.stack_dir), ports=ports)
+        return cls(
+            layout,
+            app=app,
+            base_settings=settings,
+            extra_env=extra_env,
+            redis_password=redis_password,
+        )
 
     def settings(self) -> Settings:
         """Settings pointing at this stack: broker, S3 endpoint and keys, Pushgateway."""
@@ -216,35 +252,43 @@ class LocalStack:
         ctx = self._context(self._creds())
         dirs = self.layout.dirs
         out: dict[str, ServiceStatus] = {}
-        launched: dict[str, tuple[Service, int, float]] = {}
+        # Services found running are checked for readiness too: a previous `up` may have been
+        # interrupted before they were.
+        waiting: dict[str, tuple[Service, int, float]] = {}
+        started: set[str] = set()
         for name in names:
             service = build_service(name, ctx)
             if service is None:
                 out[name] = ServiceStatus(name, "skipped", detail="module not installed")
                 continue
             pid = find_running(service.spec, dirs)
-            if pid is not None:
-                out[name] = ServiceStatus(name, "running", pid=pid, url=service.url)
-                continue
-            busy = first_busy_port(self.layout.host, service.ports)
-            if busy is not None:
-                raise StackError(f"{name}: port {busy} is already in use by another process")
-            service.prepare()
-            launched[name] = (service, spawn(service.spec, dirs), time.monotonic())
-        ready_seconds = self._wait_ready(launched)
-        for name, (service, pid, _) in launched.items():
+            if pid is None:
+                busy = first_busy_port(self.layout.host, service.ports)
+                if busy is not None:
+                    raise StackError(f"{name}: port {busy} is already in use by another process")
+                service.prepare()
+                pid = spawn(service.spec, dirs)
+                started.add(name)
+            waiting[name] = (service, pid, time.monotonic())
+        ready_seconds = self._wait_ready(waiting, started=started)
+        for name, (service, pid, _) in waiting.items():
             out[name] = ServiceStatus(
                 name,
                 "running",
                 pid=pid,
                 url=service.url,
-                started=True,
-                ready_seconds=ready_seconds[name],
+                started=name in started,
+                ready_seconds=ready_seconds[name] if name in started else None,
             )
         return {name: out[name] for name in names}
 
-    def _wait_ready(self, launched: Mapping[str, tuple[Service, int, float]]) -> dict[str, float]:
-        """Poll every launched service together; seconds from spawn to ready, per service."""
+    def _wait_ready(
+        self, launched: Mapping[str, tuple[Service, int, float]], *, started: set[str]
+    ) -> dict[str, float]:
+        """Poll every service together; seconds from spawn to ready, per service.
+
+        On failure, the services this call started are stopped again; StackError says why.
+        """
         ready: dict[str, float] = {}
         failed: dict[str, str] = {}
 
@@ -264,7 +308,7 @@ class LocalStack:
                 failed.setdefault(name, f"not ready after {self.ready_timeout}s")
         if not failed:
             return ready
-        for name in failed:
+        for name in failed.keys() & started:
             self.stop(name)
         msg = [
             f"{name} {why}; log {self.layout.dirs.log_file(name)}:\n"
@@ -272,6 +316,23 @@ class LocalStack:
             for name, why in failed.items()
         ]
         raise StackError("\n".join(msg))
+
+
+def format_statuses(statuses: Mapping[str, ServiceStatus]) -> str:
+    """A table for the CLI: name, state, pid, where, and start-up seconds when just started."""
+    rows = []
+    for st in statuses.values():
+        ready = f"ready in {st.ready_seconds:.2f}s" if st.ready_seconds is not None else ""
+        pid = str(st.pid) if st.pid else "-"
+        rows.append(f"{st.name:<15} {st.state:<8} {pid:>8}  {st.url or st.detail}  {ready}")
+    return "\n".join(row.rstrip() for row in rows)
+
+
+def _port_of(url: str, default: int) -> int:
+    try:
+        return urlsplit(url).port or default
+    except ValueError:
+        return default
 
 
 def _base_first(names: Sequence[str]) -> list[str]:

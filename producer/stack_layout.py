@@ -67,6 +67,11 @@ class StackPorts:
         http = (self.s3, self.weed_master, self.weed_volume, self.weed_filer, self.weed_admin)
         return http + tuple(port + GRPC_OFFSET for port in http)
 
+    def every(self) -> tuple[int, ...]:
+        """Every port the whole stack may listen on (15 of them)."""
+        others = (self.redis, self.pushgateway, self.prometheus, self.flower, self.exporter)
+        return others + self.weed_ports()
+
 
 @dataclass(frozen=True)
 class StackLayout:

@@ -22,12 +22,12 @@ import redis
 from botocore.exceptions import BotoCoreError, ClientError
 
 from producer.localstack import LocalStack, ServiceStatus, StackError, StackLayout, StackPorts
+from producer.settings import Settings
+from producer.stack_layout import load_or_create_credentials
 from producer.stack_procs import first_busy_port, is_alive, wait_until
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
-
-pytestmark = pytest.mark.integration
 
 CORE = ["redis", "s3", "pushgateway", "prometheus"]
 TESTS_DIR = Path(__file__).resolve().parent
@@ -37,8 +37,7 @@ def free_ports() -> StackPorts:
     """A port set whose every port (SeaweedFS gRPC twins included) is free right now."""
     for _ in range(50):
         ports = StackPorts.from_base(random.randrange(20000, 22700, 10))
-        every = [*vars(ports).values(), *ports.weed_ports()]
-        if first_busy_port("127.0.0.1", every) is None:
+        if first_busy_port("127.0.0.1", ports.every()) is None:
             return ports
     raise RuntimeError("no free port range found")
 
@@ -78,6 +77,7 @@ def report(what: str, statuses: dict[str, ServiceStatus]) -> None:
     print(f"{what}: ready seconds {figures}")
 
 
+@pytest.mark.integration
 def test_up_starts_ready_services_once(stack: LocalStack) -> None:
     t0 = time.monotonic()
     first = stack.up(CORE)
@@ -111,6 +111,7 @@ def test_up_starts_ready_services_once(stack: LocalStack) -> None:
     assert not any(s.started for s in again.values())
 
 
+@pytest.mark.integration
 def test_s3_stop_start_keeps_data(stack: LocalStack) -> None:
     stack.up(["s3"])
     s3 = s3_client(stack)
@@ -135,6 +136,7 @@ def test_s3_stop_start_keeps_data(stack: LocalStack) -> None:
     print(f"s3 object readable {time.monotonic() - t0:.2f}s after start")
 
 
+@pytest.mark.integration
 def test_redis_restart_keeps_data(stack: LocalStack) -> None:
     stack.up(["redis"])
     client = redis.Redis.from_url(stack.settings().broker_url)
@@ -147,6 +149,7 @@ def test_redis_restart_keeps_data(stack: LocalStack) -> None:
     assert client.get("job") == b"queued"
 
 
+@pytest.mark.integration
 def test_down_leaves_no_process(stack: LocalStack) -> None:
     up = stack.up([*CORE, "flower", "worker-1"], concurrency=2)
     pids = {n: s.pid for n, s in up.items() if s.pid}
@@ -164,6 +167,7 @@ def test_down_leaves_no_process(stack: LocalStack) -> None:
     assert all(s.state != "running" for s in stack.status().values())
 
 
+@pytest.mark.integration
 def test_flower_requires_basic_auth(stack: LocalStack) -> None:
     stack.up(["redis", "flower"])
     url = stack.status()["flower"].url
@@ -184,6 +188,7 @@ def test_flower_requires_basic_auth(stack: LocalStack) -> None:
     assert creds["flower_password"] not in Path(f"/proc/{pid}/cmdline").read_text()
 
 
+@pytest.mark.integration
 def test_stale_pid_file_is_replaced(stack: LocalStack) -> None:
     dead = subprocess.Popen(["true"])
     dead.wait()
@@ -197,12 +202,76 @@ def test_stale_pid_file_is_replaced(stack: LocalStack) -> None:
     assert all(s.started for s in up.values())
 
 
+@pytest.mark.integration
 def test_busy_port_is_a_clear_error(stack: LocalStack) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", stack.layout.ports.redis))
         sock.listen()
         with pytest.raises(StackError, match=f"port {stack.layout.ports.redis}"):
             stack.up(["redis"])
+
+
+@pytest.mark.integration
+def test_redis_password_from_credentials(tmp_path: Path) -> None:
+    local = LocalStack(StackLayout(tmp_path / "stack", ports=free_ports()), redis_password=True)
+    try:
+        local.up(["redis"])
+        url = local.settings().broker_url
+        password = json.loads(local.layout.credentials_file.read_text())["redis_password"]
+        assert f":{password}@" in url
+        assert redis.Redis.from_url(url).ping()
+        anonymous = redis.Redis(host="127.0.0.1", port=local.layout.ports.redis)
+        with pytest.raises(redis.AuthenticationError):
+            anonymous.ping()
+        pid = local.status()["redis"].pid
+        assert password not in Path(f"/proc/{pid}/cmdline").read_text()
+    finally:
+        local.down()
+
+
+@pytest.mark.integration
+def test_start_failure_names_service_and_shows_log(tmp_path: Path) -> None:
+    local = LocalStack(
+        StackLayout(tmp_path / "stack", ports=free_ports()),
+        app="localstack_bad_app",
+        extra_env={"PYTHONPATH": str(TESTS_DIR)},
+    )
+    try:
+        with pytest.raises(StackError, match="worker-1 exited during start-up") as failed:
+            local.up(["redis", "worker-1"])
+        assert "broken app for the local-stack test" in str(failed.value)
+        assert local.status()["worker-1"].state == "stopped"
+    finally:
+        local.down()
+
+
+def test_ports_from_base_do_not_overlap() -> None:
+    ports = StackPorts.from_base(21000)
+    every = ports.every()
+    assert len(set(every)) == len(every) == 15
+    assert max(every) == 21009 + 10000
+    with pytest.raises(ValueError):
+        StackPorts.from_base(60000)
+
+
+def test_local_ports_match_settings_defaults() -> None:
+    ports, defaults = StackPorts.local(), Settings()
+    assert defaults.broker_url.endswith(f":{ports.redis}/0")
+    assert defaults.s3_endpoint.endswith(f":{ports.s3}")
+    assert defaults.pushgateway_url.endswith(f":{ports.pushgateway}")
+
+
+def test_credentials_are_created_once_and_private(tmp_path: Path) -> None:
+    path = tmp_path / "credentials.json"
+    first = load_or_create_credentials(path)
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert load_or_create_credentials(path) == first
+    with_password = load_or_create_credentials(path, redis_password=True)
+    assert with_password.redis_password
+    assert with_password.secret_key == first.secret_key
+    # Settings read the same file when no keys are in the environment.
+    settings = Settings.from_env({"TTS_STACK_DIR": str(tmp_path)})
+    assert settings.s3_secret_key == first.secret_key
 
 
 def _group_members(pgid: int) -> list[int]:
