@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -30,6 +31,7 @@ from producer.stack_layout import (
 )
 from producer.stack_procs import (
     StackError,
+    exclusive,
     find_running,
     first_busy_port,
     is_alive,
@@ -99,6 +101,7 @@ class LocalStack:
         self.redis_password = redis_password
         self.ready_timeout = ready_timeout
         self.concurrency = 2
+        self._lock_depth = 0
 
     @classmethod
     def from_settings(
@@ -144,9 +147,10 @@ class LocalStack:
         self.concurrency = concurrency
         names = list(services) if services is not None else self.default_services(workers)
         result: dict[str, ServiceStatus] = {}
-        # Two phases: Flower and workers connect to Redis at start-up.
-        for phase in (_base_first(names), _app_last(names)):
-            result.update(self._start_all(phase))
+        with self._exclusive():
+            # Two phases: Flower and workers connect to Redis at start-up.
+            for phase in (_base_first(names), _app_last(names)):
+                result.update(self._start_all(phase))
         return result
 
     @staticmethod
@@ -162,7 +166,7 @@ class LocalStack:
         # of Redis and S3 first, so that they never see their servers vanish mid-task.
         waves = [_app_last(names), [n for n in _base_first(names) if n != "redis"], ["redis"]]
         out: dict[str, ServiceStatus] = {}
-        with ThreadPoolExecutor(max_workers=8) as pool:
+        with self._exclusive(create=False), ThreadPoolExecutor(max_workers=8) as pool:
             for wave in waves:
                 out.update(zip(wave, pool.map(self.stop, wave), strict=True))
         return out
@@ -173,8 +177,8 @@ class LocalStack:
         out: dict[str, ServiceStatus] = {}
         for name in self._known_names(extra=self.default_services()):
             service = build_service(name, self._context(creds))
-            if service is None:
-                out[name] = ServiceStatus(name, "skipped", detail="module not installed")
+            if service.missing:
+                out[name] = ServiceStatus(name, "skipped", detail=service.missing)
                 continue
             pid = find_running(service.spec, self.layout.dirs)
             state: State = "running" if pid else "stopped"
@@ -183,17 +187,22 @@ class LocalStack:
 
     def start(self, name: str) -> ServiceStatus:
         """Start one service (if not running) and wait until it is ready."""
-        return self._start_all([name])[name]
+        with self._exclusive():
+            return self._start_all([name])[name]
 
     def stop(self, name: str) -> ServiceStatus:
         """Stop one service by its pid file: SIGTERM, wait, SIGKILL; remove the pid file."""
+        with self._exclusive(create=False):
+            return self._stop(name)
+
+    def _stop(self, name: str) -> ServiceStatus:
         dirs = self.layout.dirs
         pid = read_pid(dirs, name)
         service = build_service(name, self._context(self._creds(create=False)))
         detail = ""
         if pid is not None and is_alive(pid):
-            if service is None or find_running(service.spec, dirs) == pid:
-                killed = stop_pid(pid, grace=service.grace if service else 10.0)
+            if find_running(service.spec, dirs) == pid:
+                killed = stop_pid(pid, grace=service.grace)
                 detail = "killed after grace period" if killed else "terminated"
             else:
                 detail = f"pid {pid} belongs to another process: left alone"
@@ -202,10 +211,27 @@ class LocalStack:
 
     def restart(self, name: str) -> ServiceStatus:
         """Stop, then start one service, keeping its data."""
-        self.stop(name)
-        return self.start(name)
+        with self._exclusive():
+            self.stop(name)
+            return self.start(name)
 
     # -- internals ---------------------------------------------------------------------
+
+    @contextmanager
+    def _exclusive(self, *, create: bool = True) -> Iterator[None]:
+        """One supervisor at a time per state folder: two concurrent `up`s would start twins.
+
+        Re-entrant within this object (restart calls stop and start; down stops in threads).
+        """
+        if self._lock_depth or (not create and not self.layout.state_dir.exists()):
+            yield
+            return
+        with exclusive(self.layout.state_dir / "stack.lock"):
+            self._lock_depth += 1
+            try:
+                yield
+            finally:
+                self._lock_depth -= 1
 
     def _creds(self, *, create: bool = True) -> StackCredentials:
         # Inspecting or stopping a stack must not create a state folder where there is none.
@@ -258,8 +284,8 @@ class LocalStack:
         started: set[str] = set()
         for name in names:
             service = build_service(name, ctx)
-            if service is None:
-                out[name] = ServiceStatus(name, "skipped", detail="module not installed")
+            if service.missing:
+                out[name] = ServiceStatus(name, "skipped", detail=service.missing)
                 continue
             pid = find_running(service.spec, dirs)
             if pid is None:

@@ -7,11 +7,13 @@ stdout and stderr to `logs/NAME.log` and is remembered by `pids/NAME.pid`.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import socket
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +50,16 @@ class ProcDirs:
 
     def log_file(self, name: str) -> Path:
         return self.logs / f"{name}.log"
+
+
+@contextmanager
+def exclusive(lock_file: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on `lock_file` (created if missing) for the block."""
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with lock_file.open("a") as fh:
+        # Released when the file is closed, also if this process dies.
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
 
 
 def spawn(spec: ProcSpec, dirs: ProcDirs) -> int:

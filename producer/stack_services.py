@@ -40,6 +40,8 @@ class Service:
     prepare: Callable[[], None] = lambda: None
     # Seconds between SIGTERM and SIGKILL; a worker finishing its task deserves more.
     grace: float = 10.0
+    # Why it cannot run here (a Python module not installed); empty when it can.
+    missing: str = ""
 
 
 @dataclass(frozen=True)
@@ -58,11 +60,11 @@ class ServiceContext:
         return module_exists(module, child_pythonpath(self.env))
 
 
-def build_service(name: str, ctx: ServiceContext) -> Service | None:
-    """The definition of service `name`, or None if it cannot run here (module missing)."""
+def build_service(name: str, ctx: ServiceContext) -> Service:
+    """The definition of service `name`; see `Service.missing` for whether it can run here."""
     if name.startswith(WORKER_PREFIX):
-        return _worker(name, ctx) if ctx.has_module(ctx.app) else None
-    builders: dict[str, Callable[[ServiceContext], Service | None]] = {
+        return _worker(name, ctx)
+    builders: dict[str, Callable[[ServiceContext], Service]] = {
         "redis": _redis,
         "s3": _s3,
         "pushgateway": _pushgateway,
@@ -97,6 +99,10 @@ def module_exists(module: str, extra_paths: Sequence[str] = ()) -> bool:
 def child_pythonpath(env: Mapping[str, str]) -> list[str]:
     """The PYTHONPATH entries of a child environment."""
     return [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+
+
+def _missing(ctx: ServiceContext, module: str) -> str:
+    return "" if ctx.has_module(module) else f"module {module} not installed"
 
 
 def executable(name: str) -> str:
@@ -342,9 +348,7 @@ def _prometheus(ctx: ServiceContext) -> Service:
     )
 
 
-def _exporter(ctx: ServiceContext) -> Service | None:
-    if not ctx.has_module(EXPORTER_MODULE):
-        return None
+def _exporter(ctx: ServiceContext) -> Service:
     host, port = ctx.layout.host, ctx.layout.ports.exporter
     return Service(
         spec=ProcSpec(
@@ -356,12 +360,11 @@ def _exporter(ctx: ServiceContext) -> Service | None:
         ports=(port,),
         url=f"http://{host}:{port}/metrics",
         ready=lambda: _tcp_open(host, port),
+        missing=_missing(ctx, EXPORTER_MODULE),
     )
 
 
-def _flower(ctx: ServiceContext) -> Service | None:
-    if not ctx.has_module(ctx.app):
-        return None
+def _flower(ctx: ServiceContext) -> Service:
     host, port = ctx.layout.host, ctx.layout.ports.flower
     url = f"http://{host}:{port}"
     # Flower reads FLOWER_* variables as options: the password stays out of `ps` output.
@@ -383,6 +386,7 @@ def _flower(ctx: ServiceContext) -> Service | None:
         ports=(port,),
         url=url,
         ready=lambda: _http_ok(f"{url}/healthcheck"),
+        missing=_missing(ctx, ctx.app),
     )
 
 
@@ -416,6 +420,7 @@ def _worker(name: str, ctx: ServiceContext) -> Service:
         # round trip and cannot be fooled by another worker of the same name.
         ready=lambda: _logged_since_start(log, name, " ready."),
         grace=30.0,
+        missing=_missing(ctx, ctx.app),
     )
 
 

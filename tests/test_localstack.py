@@ -13,6 +13,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -200,6 +201,16 @@ def test_stale_pid_file_is_replaced(stack: LocalStack) -> None:
     assert stack.status()["redis"].state == "stopped"
     up = stack.up(["redis", "pushgateway"])
     assert all(s.started for s in up.values())
+
+
+@pytest.mark.integration
+def test_concurrent_ups_start_no_twins(stack: LocalStack) -> None:
+    others = [make_stack(stack.layout.state_dir, stack.layout.ports) for _ in range(3)]
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        results = list(pool.map(lambda s: s.up(["redis", "pushgateway"]), others))
+    for name in ("redis", "pushgateway"):
+        assert len({r[name].pid for r in results}) == 1
+        assert sum(r[name].started for r in results) == 1
 
 
 @pytest.mark.integration
