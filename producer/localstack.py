@@ -289,7 +289,7 @@ class LocalStack:
                 continue
             pid = find_running(service.spec, dirs)
             if pid is None:
-                busy = first_busy_port(self.layout.host, service.ports)
+                busy = self._busy_port(service)
                 if busy is not None:
                     raise StackError(f"{name}: port {busy} is already in use by another process")
                 service.prepare()
@@ -307,6 +307,22 @@ class LocalStack:
                 ready_seconds=ready_seconds[name] if name in started else None,
             )
         return {name: out[name] for name in names}
+
+    def _busy_port(self, service: Service) -> int | None:
+        """A port of `service` that stays taken for a few seconds, or None.
+
+        The grace covers a just-stopped server's sockets; once seen (not reproduced since),
+        a restarted Flower's port was refused right after its predecessor had exited.
+        """
+        busy: int | None = None
+
+        def free() -> bool:
+            nonlocal busy
+            busy = first_busy_port(self.layout.host, service.ports)
+            return busy is None
+
+        wait_until(free, timeout=3.0, interval=0.2)
+        return busy
 
     def _wait_ready(
         self, launched: Mapping[str, tuple[Service, int, float]], *, started: set[str]
