@@ -177,10 +177,10 @@ class LocalStack:
         out: dict[str, ServiceStatus] = {}
         for name in self._known_names(extra=self.default_services()):
             service = build_service(name, self._context(creds))
-            if service.missing:
+            pid = find_running(service.spec, self.layout.dirs)
+            if pid is None and service.missing:
                 out[name] = ServiceStatus(name, "skipped", detail=service.missing)
                 continue
-            pid = find_running(service.spec, self.layout.dirs)
             state: State = "running" if pid else "stopped"
             out[name] = ServiceStatus(name, state, pid=pid, url=service.url)
         return out
@@ -281,21 +281,28 @@ class LocalStack:
         # Services found running are checked for readiness too: a previous `up` may have been
         # interrupted before they were.
         waiting: dict[str, tuple[Service, int, float]] = {}
-        started: set[str] = set()
+        to_start: list[Service] = []
         for name in names:
             service = build_service(name, ctx)
-            if service.missing:
-                out[name] = ServiceStatus(name, "skipped", detail=service.missing)
-                continue
             pid = find_running(service.spec, dirs)
-            if pid is None:
-                busy = self._busy_port(service)
-                if busy is not None:
-                    raise StackError(f"{name}: port {busy} is already in use by another process")
-                service.prepare()
-                pid = spawn(service.spec, dirs)
-                started.add(name)
-            waiting[name] = (service, pid, time.monotonic())
+            if pid is not None:
+                waiting[name] = (service, pid, time.monotonic())
+            elif service.missing:
+                out[name] = ServiceStatus(name, "skipped", detail=service.missing)
+            else:
+                to_start.append(service)
+        # Every port checked before anything is spawned: a clash leaves nothing half-started.
+        for service in to_start:
+            busy = self._busy_port(service)
+            if busy is not None:
+                raise StackError(
+                    f"{service.spec.name}: port {busy} is already in use by another process"
+                )
+        started: set[str] = set()
+        for service in to_start:
+            service.prepare()
+            waiting[service.spec.name] = (service, spawn(service.spec, dirs), time.monotonic())
+            started.add(service.spec.name)
         ready_seconds = self._wait_ready(waiting, started=started)
         for name, (service, pid, _) in waiting.items():
             out[name] = ServiceStatus(
@@ -329,7 +336,8 @@ class LocalStack:
     ) -> dict[str, float]:
         """Poll every service together; seconds from spawn to ready, per service.
 
-        On failure, the services this call started are stopped again; StackError says why.
+        On failure the failed services, if this call started them, are stopped again (the
+        others are left to `down`), and StackError says why.
         """
         ready: dict[str, float] = {}
         failed: dict[str, str] = {}
@@ -344,10 +352,9 @@ class LocalStack:
                     failed[name] = "exited during start-up"
             return len(ready) + len(failed) == len(launched) or bool(failed)
 
-        wait_until(check, timeout=self.ready_timeout)
-        for name in launched:
-            if name not in ready:
-                failed.setdefault(name, f"not ready after {self.ready_timeout}s")
+        if not wait_until(check, timeout=self.ready_timeout):
+            for name in launched.keys() - ready.keys():
+                failed[name] = f"not ready after {self.ready_timeout}s"
         if not failed:
             return ready
         for name in failed.keys() & started:
