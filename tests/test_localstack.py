@@ -21,6 +21,7 @@ import boto3
 import pytest
 import redis
 from botocore.exceptions import BotoCoreError, ClientError
+from celery import Celery
 
 from producer.localstack import LocalStack, ServiceStatus, StackError, StackLayout, StackPorts
 from producer.settings import Settings
@@ -166,6 +167,21 @@ def test_down_leaves_no_process(stack: LocalStack) -> None:
     assert not [pid for pid in [*pids.values(), *pool] if is_alive(pid)]
     assert not list(stack.layout.dirs.pids.glob("*.pid"))
     assert all(s.state != "running" for s in stack.status().values())
+
+
+@pytest.mark.integration
+def test_worker_sees_stack_settings_and_runs_a_task(stack: LocalStack) -> None:
+    up = stack.up(["redis", "s3", "pushgateway", "worker-1"], concurrency=1)
+    settings = stack.settings()
+    pid = up["worker-1"].pid
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    assert f"TTS_S3_ENDPOINT={settings.s3_endpoint}".encode() in environ
+    assert f"TTS_S3_SECRET_KEY={settings.s3_secret_key}".encode() in environ
+
+    client = Celery("probe", broker=settings.broker_url)
+    task_id = client.send_task("tts.ping", queue="tts").id
+    log = stack.layout.dirs.log_file("worker-1")
+    assert wait_until(lambda: f"[{task_id}] succeeded" in log.read_text(), timeout=30)
 
 
 @pytest.mark.integration
