@@ -13,6 +13,7 @@ All state (data, logs, pid files, generated config and credentials) lives in the
 from __future__ import annotations
 
 import os
+import signal
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -208,6 +209,22 @@ class LocalStack:
                 detail = f"pid {pid} belongs to another process: left alone"
         dirs.pid_file(name).unlink(missing_ok=True)
         return ServiceStatus(name, "stopped", pid=pid, detail=detail)
+
+    def kill(self, name: str, sig: signal.Signals = signal.SIGKILL, *, group: bool = False) -> int:
+        """Send `sig` to a running service (its whole process group if `group`); return the pid.
+
+        For fault tests: no waiting and no clean-up; the next start or status sees the stale
+        pid file. Raises StackError if the service is not running.
+        """
+        service = build_service(name, self._context(self._creds(create=False)))
+        pid = find_running(service.spec, self.layout.dirs)
+        if pid is None:
+            raise StackError(f"{name} is not running")
+        if group:
+            os.killpg(pid, sig)
+        else:
+            os.kill(pid, sig)
+        return pid
 
     def restart(self, name: str) -> ServiceStatus:
         """Stop, then start one service, keeping its data."""

@@ -150,6 +150,12 @@ def test_redis_restart_keeps_data(stack: LocalStack) -> None:
     assert new.pid != old and new.started
     assert client.get("job") == b"queued"
 
+    # A SIGKILL leaves a stale pid file; the next start replaces it.
+    killed = stack.kill("redis")
+    assert wait_until(lambda: not is_alive(killed), timeout=5)
+    assert stack.status()["redis"].state == "stopped"
+    assert stack.start("redis").started
+
 
 @pytest.mark.integration
 def test_down_leaves_no_process(stack: LocalStack) -> None:
