@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import secrets
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from producer.settings import LOCAL_PORTS, credentials_path
-from producer.stack_procs import ProcDirs
+from producer.stack_procs import ProcDirs, first_busy_port
 
 # SeaweedFS puts each gRPC port at its HTTP port + 10000 and some of its components assume so
 # (the admin worker dials admin port + 10000 even when -admin.port.grpc says otherwise).
@@ -61,6 +62,18 @@ class StackPorts:
         if not 1024 < base <= 65535 - GRPC_OFFSET - 9:
             raise ValueError(f"port base {base} out of range")
         return cls(*(base + i for i in range(10)))
+
+    @classmethod
+    def find_free(cls, host: str = "127.0.0.1", *, attempts: int = 50) -> StackPorts:
+        """A `from_base` set whose every port is free right now (random base, for tests).
+
+        Free now is not reserved: `LocalStack.up` still fails clearly if one gets taken.
+        """
+        for _ in range(attempts):
+            ports = cls.from_base(random.randrange(20000, 22700, 10))
+            if first_busy_port(host, ports.every()) is None:
+                return ports
+        raise RuntimeError(f"no free port range found on {host} after {attempts} tries")
 
     def weed_ports(self) -> tuple[int, ...]:
         """All ports `weed mini` listens on: five HTTP ports and their gRPC twins."""

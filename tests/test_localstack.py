@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import random
 import shutil
 import socket
 import subprocess
@@ -26,7 +25,7 @@ from celery import Celery
 from producer.localstack import LocalStack, ServiceStatus, StackError, StackLayout, StackPorts
 from producer.settings import Settings
 from producer.stack_layout import load_or_create_credentials
-from producer.stack_procs import first_busy_port, is_alive, wait_until
+from producer.stack_procs import is_alive, wait_until
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -36,12 +35,7 @@ TESTS_DIR = Path(__file__).resolve().parent
 
 
 def free_ports() -> StackPorts:
-    """A port set whose every port (SeaweedFS gRPC twins included) is free right now."""
-    for _ in range(50):
-        ports = StackPorts.from_base(random.randrange(20000, 22700, 10))
-        if first_busy_port("127.0.0.1", ports.every()) is None:
-            return ports
-    raise RuntimeError("no free port range found")
+    return StackPorts.find_free()
 
 
 def make_stack(state_dir: Path, ports: StackPorts) -> LocalStack:
