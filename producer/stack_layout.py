@@ -16,14 +16,20 @@ from pathlib import Path
 from producer.settings import LOCAL_PORTS, credentials_path
 from producer.stack_procs import ProcDirs, first_busy_port
 
-# SeaweedFS puts each gRPC port at its HTTP port + 10000 and some of its components assume so
-# (the admin worker dials admin port + 10000 even when -admin.port.grpc says otherwise).
-GRPC_OFFSET = 10000
+# SeaweedFS's admin worker dials the admin gRPC port at admin HTTP port + 10000 whatever
+# -admin.port.grpc says; the other gRPC ports may be set freely (put, get and restart checked).
+# They sit next to the HTTP ports rather than at + 10000, where other stacks on this machine
+# put their services (a stack on standard ports + 20000 took 28333 = 18333 + 10000).
+ADMIN_GRPC_OFFSET = 10000
 
 
 @dataclass(frozen=True)
 class StackPorts:
-    """Every TCP port the stack opens (SeaweedFS gRPC ports are the `weed_*` ports + 10000)."""
+    """Every TCP port the stack opens.
+
+    `weed_grpc` is the first of four consecutive gRPC ports (S3, master, volume, filer); the
+    admin gRPC port is `weed_admin` + 10000.
+    """
 
     redis: int
     s3: int
@@ -35,6 +41,7 @@ class StackPorts:
     weed_volume: int
     weed_filer: int
     weed_admin: int
+    weed_grpc: int
 
     @classmethod
     def local(cls) -> StackPorts:
@@ -50,18 +57,19 @@ class StackPorts:
             weed_volume=19340,
             weed_filer=18888,
             weed_admin=19646,
+            weed_grpc=18334,
         )
 
     @classmethod
     def from_base(cls, base: int) -> StackPorts:
-        """Ten consecutive ports from `base` (and five more at +10000), for test stacks.
+        """Fourteen consecutive ports from `base` (and `base + 10009`), for test stacks.
 
         Keep `base + 10009` below the kernel's ephemeral range (32768 by default) so that
         outgoing connections never hold a port a server needs: 20000 <= base <= 22700.
         """
-        if not 1024 < base <= 65535 - GRPC_OFFSET - 9:
+        if not 1024 < base <= 65535 - ADMIN_GRPC_OFFSET - 9:
             raise ValueError(f"port base {base} out of range")
-        return cls(*(base + i for i in range(10)))
+        return cls(*(base + i for i in range(11)))
 
     @classmethod
     def find_free(cls, host: str = "127.0.0.1", *, attempts: int = 50) -> StackPorts:
@@ -70,15 +78,30 @@ class StackPorts:
         Free now is not reserved: `LocalStack.up` still fails clearly if one gets taken.
         """
         for _ in range(attempts):
-            ports = cls.from_base(random.randrange(20000, 22700, 10))
+            ports = cls.from_base(random.randrange(20000, 22700, 20))
             if first_busy_port(host, ports.every()) is None:
                 return ports
         raise RuntimeError(f"no free port range found on {host} after {attempts} tries")
 
+    def weed_http(self) -> dict[str, int]:
+        """`weed mini`'s HTTP ports by component (the names of its -X.port flags)."""
+        return {
+            "s3": self.s3,
+            "master": self.weed_master,
+            "volume": self.weed_volume,
+            "filer": self.weed_filer,
+            "admin": self.weed_admin,
+        }
+
+    def weed_grpc_ports(self) -> dict[str, int]:
+        """`weed mini`'s gRPC ports by component (the -X.port.grpc flags)."""
+        parts = ("s3", "master", "volume", "filer")
+        grpc = {part: self.weed_grpc + i for i, part in enumerate(parts)}
+        return {**grpc, "admin": self.weed_admin + ADMIN_GRPC_OFFSET}
+
     def weed_ports(self) -> tuple[int, ...]:
-        """All ports `weed mini` listens on: five HTTP ports and their gRPC twins."""
-        http = (self.s3, self.weed_master, self.weed_volume, self.weed_filer, self.weed_admin)
-        return http + tuple(port + GRPC_OFFSET for port in http)
+        """All ports `weed mini` listens on."""
+        return (*self.weed_http().values(), *self.weed_grpc_ports().values())
 
     def every(self) -> tuple[int, ...]:
         """Every port the whole stack may listen on (15 of them)."""

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from producer.prometheus_config import render_prometheus_config
-from producer.stack_layout import GRPC_OFFSET, StackCredentials, StackLayout, write_secret
+from producer.stack_layout import StackCredentials, StackLayout, write_secret
 from producer.stack_procs import ProcSpec, StackError
 
 # Services that need nothing but their binary, started first; app services need Redis up.
@@ -201,13 +201,6 @@ def _s3(ctx: ServiceContext) -> Service:
     def ready() -> bool:
         return s3_round_trip(endpoint, ctx.creds)
 
-    http = {
-        "s3": ports.s3,
-        "master": ports.weed_master,
-        "volume": ports.weed_volume,
-        "filer": ports.weed_filer,
-        "admin": ports.weed_admin,
-    }
     argv = [
         executable("weed"),
         "mini",
@@ -215,8 +208,9 @@ def _s3(ctx: ServiceContext) -> Service:
         f"-ip={host}",
         f"-ip.bind={host}",
     ]
-    for part, port in http.items():
-        argv += [f"-{part}.port={port}", f"-{part}.port.grpc={port + GRPC_OFFSET}"]
+    grpc = ports.weed_grpc_ports()
+    for part, port in ports.weed_http().items():
+        argv += [f"-{part}.port={port}", f"-{part}.port.grpc={grpc[part]}"]
     # Every optional listener off, so that no default port is ever opened.
     argv += [
         "-admin.ui=false",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import io
 import json
 import os
 import shutil
@@ -19,6 +21,7 @@ from typing import TYPE_CHECKING
 import boto3
 import pytest
 import redis
+from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import BotoCoreError, ClientError
 from celery import Celery
 
@@ -113,6 +116,10 @@ def test_s3_stop_start_keeps_data(stack: LocalStack) -> None:
     s3 = s3_client(stack)
     s3.create_bucket(Bucket="keep")
     s3.put_object(Bucket="keep", Key="a.wav", Body=b"RIFF-data", Metadata={"engine": "fake"})
+    # A multipart upload crosses every internal SeaweedFS component (and its gRPC port).
+    big = os.urandom(12 * 2**20)
+    config = TransferConfig(multipart_threshold=5 * 2**20, multipart_chunksize=5 * 2**20)
+    s3.upload_fileobj(io.BytesIO(big), "keep", "big.bin", Config=config)
 
     stopped = stack.stop("s3")
     assert stopped.pid is not None and not is_alive(stopped.pid)
@@ -129,6 +136,8 @@ def test_s3_stop_start_keeps_data(stack: LocalStack) -> None:
         return bool(obj["Body"].read() == b"RIFF-data" and obj["Metadata"]["engine"] == "fake")
 
     assert wait_until(readable, timeout=30)
+    restored = s3.get_object(Bucket="keep", Key="big.bin")["Body"].read()
+    assert hashlib.sha256(restored).digest() == hashlib.sha256(big).digest()
     print(f"s3 object readable {time.monotonic() - t0:.2f}s after start")
 
 
@@ -276,7 +285,7 @@ def test_ports_from_base_do_not_overlap() -> None:
     ports = StackPorts.from_base(21000)
     every = ports.every()
     assert len(set(every)) == len(every) == 15
-    assert max(every) == 21009 + 10000
+    assert sorted(every)[:-1] == list(range(21000, 21014)) and max(every) == 21009 + 10000
     with pytest.raises(ValueError):
         StackPorts.from_base(60000)
 
