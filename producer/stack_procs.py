@@ -76,9 +76,12 @@ def spawn(spec: ProcSpec, dirs: ProcDirs) -> int:
         (os.POSIX_SPAWN_OPEN, 1, str(log), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644),
         (os.POSIX_SPAWN_DUP2, 1, 2),
     ]
-    pid = os.posix_spawn(
-        spec.argv[0], list(spec.argv), dict(spec.env), file_actions=actions, setsid=True
-    )
+    try:
+        pid = os.posix_spawn(
+            spec.argv[0], list(spec.argv), dict(spec.env), file_actions=actions, setsid=True
+        )
+    except OSError as exc:
+        raise StackError(f"{spec.name}: cannot run {spec.argv[0]}: {exc}") from exc
     tmp = dirs.pid_file(spec.name).with_suffix(".tmp")
     tmp.write_text(f"{pid}\n", encoding="ascii")
     tmp.replace(dirs.pid_file(spec.name))
