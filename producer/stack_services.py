@@ -147,6 +147,8 @@ def _redis(ctx: ServiceContext) -> Service:
 
     def ready() -> bool:
         import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
 
         client = redis.Redis(
             host=host,
@@ -154,6 +156,8 @@ def _redis(ctx: ServiceContext) -> Service:
             password=ctx.creds.redis_password or None,
             socket_timeout=1.0,
             socket_connect_timeout=1.0,
+            # The caller polls; redis-py's own retries would stretch one probe to seconds.
+            retry=Retry(NoBackoff(), 0),
         )
         try:
             return bool(client.ping())

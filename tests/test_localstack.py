@@ -24,6 +24,8 @@ import redis
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import BotoCoreError, ClientError
 from celery import Celery
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from producer.localstack import LocalStack, ServiceStatus, StackError, StackLayout, StackPorts
 from producer.settings import Settings
@@ -256,7 +258,9 @@ def test_redis_password_from_credentials(tmp_path: Path) -> None:
         password = json.loads(local.layout.credentials_file.read_text())["redis_password"]
         assert f":{password}@" in url
         assert redis.Redis.from_url(url).ping()
-        anonymous = redis.Redis(host="127.0.0.1", port=local.layout.ports.redis)
+        anonymous = redis.Redis(
+            host="127.0.0.1", port=local.layout.ports.redis, retry=Retry(NoBackoff(), 0)
+        )
         with pytest.raises(redis.AuthenticationError):
             anonymous.ping()
         pid = local.status()["redis"].pid
