@@ -24,32 +24,12 @@ from tests.helpers import make_settings
 SERVICES = ("redis", "s3", "pushgateway", "prometheus")
 
 
-def _free_base() -> int:
-    """A base port with its ten ports (and their +10000 gRPC twins) free on loopback."""
-    start = 20000 + (os.getpid() % 270) * 10
-    for base in list(range(start, 22700, 10)) + list(range(20000, start, 10)):
-        ports = [base + i for i in range(10)] + [base + 10000 + i for i in range(10)]
-        if all(_port_free(p) for p in ports):
-            return base
-    raise RuntimeError("no free port range between 20000 and 32710")
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from producer.localstack import LocalStack, StackLayout, StackPorts
 
     state = tmp_path_factory.mktemp("stack")
-    layout = StackLayout(state, ports=StackPorts.from_base(_free_base()))
+    layout = StackLayout(state, ports=StackPorts.find_free())
     local = LocalStack(layout, base_settings=make_settings())
     try:
         local.up(list(SERVICES))
@@ -60,17 +40,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 @pytest.fixture()
 def settings(stack: Any) -> Settings:
-    """Settings pointing at the test stack."""
+    """Settings pointing at the test stack; the test starts from an empty Redis database."""
     s: Settings = stack.settings()
+    redis.Redis.from_url(s.broker_url).flushdb()
     return s
-
-
-@pytest.fixture(autouse=True)
-def clean_redis(request: pytest.FixtureRequest) -> None:
-    if "stack" not in request.fixturenames:
-        return
-    stack = request.getfixturevalue("stack")
-    redis.Redis.from_url(stack.settings().broker_url).flushdb()
 
 
 class Workers:

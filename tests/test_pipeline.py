@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,11 @@ def rows(
     n: int, *, prefix: str = "r", text: str = "Platform {i} is now open."
 ) -> list[dict[str, Any]]:
     return [{"id": f"{prefix}{i}", "text": text.format(i=i), "speaker": "英文女"} for i in range(n)]
+
+
+def fresh_text() -> str:
+    """A text template never synthesized before in this bucket (so nothing is cached)."""
+    return f"Gate {uuid.uuid4().hex[:8]} {{i}} closes soon."
 
 
 def decode(store: AudioStore, key: str) -> tuple[np.ndarray, int]:
@@ -124,8 +130,10 @@ def test_resubmitting_a_batch_enqueues_only_what_is_not_done(
 def test_same_text_in_a_new_batch_is_served_from_storage(settings: Settings, workers: Any) -> None:
     workers.start(concurrency=1)
     producer = Producer(settings)
-    one = producer.submit_batch(rows(3), batch_id="first").wait(timeout=60)
-    two = producer.submit_batch(rows(3), batch_id="second").wait(timeout=60)
+    # Text never used before in this bucket, so that the first batch really synthesizes.
+    fresh = fresh_text()
+    one = producer.submit_batch(rows(3, text=fresh), batch_id="first").wait(timeout=60)
+    two = producer.submit_batch(rows(3, text=fresh), batch_id="second").wait(timeout=60)
     assert [r.status for r in one] == ["succeeded"] * 3
     assert [r.status for r in two] == ["cached"] * 3
     assert [r.key for r in one] == [r.key for r in two]
@@ -175,7 +183,8 @@ def test_cli_submit_wait_manifest_status_fetch(
     workers.start(concurrency=2)
     jobs = tmp_path / "jobs.jsonl"
     jobs.write_text(
-        "\n".join(json.dumps(r, ensure_ascii=False) for r in rows(4)) + "\n", encoding="utf-8"
+        "\n".join(json.dumps(r, ensure_ascii=False) for r in rows(4, text=fresh_text())) + "\n",
+        encoding="utf-8",
     )
     manifest = tmp_path / "manifest.jsonl"
     done = cli(
