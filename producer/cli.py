@@ -17,6 +17,7 @@ from typing import Any, TextIO
 
 from producer.errors import ConfigError, InvalidBatch, InvalidJob, TTSError
 from producer.settings import Settings
+from producer.stack_procs import StackError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -32,6 +33,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"tts-batch: error: {exc}", file=sys.stderr)
         for detail in getattr(exc, "errors", [])[:20]:
             print(f"  {detail}", file=sys.stderr)
+        return EXIT_USAGE
+    except StackError as exc:
+        print(f"tts-batch: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except TTSError as exc:
         print(f"tts-batch: error: {exc}", file=sys.stderr)
@@ -250,25 +254,31 @@ def _stack(settings: Settings) -> Any:
 
 
 def _cmd_up(args: argparse.Namespace, settings: Settings) -> int:
+    from producer.localstack import format_statuses
+
     stack = _stack(settings)
     workers = 0 if args.no_workers else args.workers
     statuses = stack.up(workers=workers, concurrency=args.concurrency or settings.concurrency)
-    for status in statuses.values():
-        print(status.describe())
+    # Remember the engine the workers run, so that a demo with another engine restarts them.
+    (Path(settings.stack_dir) / "engine").write_text(settings.engine + "\n", encoding="utf-8")
+    print(format_statuses(statuses))
     return EXIT_OK
 
 
 def _cmd_down(args: argparse.Namespace, settings: Settings) -> int:
-    _stack(settings).down()
-    print("local stack stopped")
+    from producer.localstack import format_statuses
+
+    print(format_statuses(_stack(settings).down()))
     return EXIT_OK
 
 
 def _cmd_ps(args: argparse.Namespace, settings: Settings) -> int:
+    from producer.localstack import format_statuses
+
     statuses = _stack(settings).status()
-    for status in statuses.values():
-        print(status.describe())
-    return EXIT_OK if all(s.running for s in statuses.values()) else EXIT_FAILED
+    print(format_statuses(statuses))
+    running = [s for s in statuses.values() if s.state == "running"]
+    return EXIT_OK if running else EXIT_FAILED
 
 
 def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
