@@ -52,8 +52,7 @@ def _quantiles(metric: str, by: str = "") -> tuple[Query, ...]:
     suffix = f" {{{{{by}}}}}" if by else ""
     return tuple(
         Query(
-            f"histogram_quantile({q}, sum by ({group}) "
-            f"(rate({metric}_bucket[{RATE_INTERVAL}])))",
+            f"histogram_quantile({q}, sum by ({group}) (rate({metric}_bucket[{RATE_INTERVAL}])))",
             f"p{round(q * 100)}{suffix}",
         )
         for q in (0.5, 0.9, 0.99)

@@ -11,7 +11,9 @@ import argparse
 from pathlib import Path
 
 # Where the Compose stack's file lives, and its targets (service name:port).
-COMPOSE_CONFIG = Path(__file__).resolve().parent.parent / "compose" / "prometheus" / "prometheus.yml"
+COMPOSE_CONFIG = (
+    Path(__file__).resolve().parent.parent / "compose" / "prometheus" / "prometheus.yml"
+)
 COMPOSE_TARGETS = {
     "pushgateway": "pushgateway:9091",
     "flower": "flower:5555",
@@ -27,12 +29,7 @@ _HEADER = """\
 
 
 def _job(name: str, target: str, *, extra: str = "") -> str:
-    return (
-        f"  - job_name: {name}\n"
-        f"{extra}"
-        f"    static_configs:\n"
-        f'      - targets: ["{target}"]\n'
-    )
+    return f'  - job_name: {name}\n{extra}    static_configs:\n      - targets: ["{target}"]\n'
 
 
 def render_prometheus_config(
