@@ -34,12 +34,16 @@ class Query:
 
 @dataclass(frozen=True)
 class Panel:
-    """A dashboard panel: a title, its queries, a Grafana unit id and a one-line help text."""
+    """A dashboard panel: a title, its queries, a Grafana unit id and a one-line help text.
+
+    `y_max` caps the y axis (1 for ratios that cannot exceed 100%); the minimum is always 0.
+    """
 
     title: str
     queries: tuple[Query, ...]
     unit: str = "short"
     description: str = ""
+    y_max: float | None = None
 
     def promql(self, rate_window: str = "1m") -> list[str]:
         """Every query of the panel as plain PromQL."""
@@ -103,6 +107,7 @@ PANELS: tuple[Panel, ...] = (
         ),
         unit="percentunit",
         description="Share of finished jobs that succeeded (a cache hit is a success).",
+        y_max=1,
     ),
     Panel(
         "Real-time factor",
