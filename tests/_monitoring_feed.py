@@ -26,8 +26,11 @@ class SimWorker:
         self.failed = 0
         r = self.registry = CollectorRegistry()
         self.inference = Histogram(
-            "tts_inference_duration_seconds", "engine time", ["engine"],
-            buckets=SECONDS_BUCKETS, registry=r,
+            "tts_inference_duration_seconds",
+            "engine time",
+            ["engine"],
+            buckets=SECONDS_BUCKETS,
+            registry=r,
         )
         self.errors = Counter("tts_errors_total", "errors", ["reason"], registry=r)
         self.outcomes = Counter("tts_tasks_total", "outcomes", ["status"], registry=r)
@@ -90,5 +93,6 @@ class SimWorker:
 
     def push(self, gateway: str) -> None:
         """PUT the whole registry under this process's grouping key."""
-        push_to_gateway(gateway, job="tts_worker", registry=self.registry,
-                        grouping_key=self.grouping)
+        push_to_gateway(
+            gateway, job="tts_worker", registry=self.registry, grouping_key=self.grouping
+        )
