@@ -6,9 +6,11 @@ polls until it answers (with a deadline), and stops it by PID in `finally`.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -115,3 +117,16 @@ def prometheus(tmp: Path, config: str) -> Iterator[str]:
     with process(argv, log=tmp / "prometheus.log"):
         wait_until(lambda: http_ok(f"http://{addr}/-/ready"), timeout=20, what="prometheus")
         yield f"http://{addr}"
+
+
+@contextmanager
+def queue_exporter(tmp: Path, broker_url: str) -> Iterator[str]:
+    """`python -m worker.queue_exporter` reading `broker_url`; yields its host:port."""
+    addr = f"127.0.0.1:{free_port()}"
+    env = {**os.environ, "TTS_BROKER_URL": broker_url, "TTS_STACK_DIR": str(tmp / "stack")}
+    argv = [sys.executable, "-m", "worker.queue_exporter", "--address", "127.0.0.1"]
+    argv += ["--port", addr.rsplit(":", 1)[1]]
+    with process(argv, log=tmp / "queue-exporter.log", env=env) as proc:
+        wait_until(lambda: http_ok(f"http://{addr}/metrics"), timeout=15, what="queue exporter")
+        yield addr
+        assert proc.poll() is None, (tmp / "queue-exporter.log").read_text()

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import sys
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import redis
-from _monitoring_services import free_port, http_ok, process, redis_server, wait_until
+from _monitoring_services import free_port, queue_exporter, redis_server
 from prometheus_client.parser import text_string_to_metric_families
 
 from worker.queue_exporter import PRIORITY_SEP, UNACKED_KEY, QueueCollector, make_registry
@@ -33,20 +30,6 @@ def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         for family in text_string_to_metric_families(text)
         for s in family.samples
     }
-
-
-@contextmanager
-def exporter(tmp: Path, broker_url: str) -> Iterator[str]:
-    """The exporter as its own process, reading TTS_BROKER_URL; yields its /metrics URL."""
-    port = free_port()
-    env = {**os.environ, "TTS_BROKER_URL": broker_url, "TTS_STACK_DIR": str(tmp / "stack")}
-    argv = [sys.executable, "-m", "worker.queue_exporter", "--port", str(port)]
-    argv += ["--address", "127.0.0.1"]
-    url = f"http://127.0.0.1:{port}/metrics"
-    with process(argv, log=tmp / "exporter.log", env=env) as proc:
-        wait_until(lambda: http_ok(url), timeout=15, what="queue exporter")
-        yield url
-        assert proc.poll() is None, (tmp / "exporter.log").read_text()
 
 
 @pytest.fixture
@@ -88,7 +71,8 @@ def test_exporter_process_serves_live_values(tmp_path: Path) -> None:
     redis_dir.mkdir()
     # The exporter outlives Redis, to see how it reports the outage.
     port = free_port()
-    with exporter(tmp_path, f"redis://127.0.0.1:{port}/0") as url:
+    with queue_exporter(tmp_path, f"redis://127.0.0.1:{port}/0") as addr:
+        url = f"http://{addr}/metrics"
         assert scrape(url)[UP] == 0
         with redis_server(redis_dir, port=port):
             values = scrape(url)
