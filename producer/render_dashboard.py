@@ -151,6 +151,7 @@ def draw(
     matplotlib.use("Agg")  # no display on servers
     import matplotlib.dates as mdates
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     rows = max(1, math.ceil(len(data) / COLUMNS))
     fig, axes = plt.subplots(rows, COLUMNS, figsize=(6.2 * COLUMNS, 3.6 * rows), squeeze=False)
@@ -158,9 +159,10 @@ def draw(
         ax.set_title(item.panel.title, fontsize=11, fontweight="bold", loc="left")
         ax.grid(True, alpha=0.3)
         ax.yaxis.set_major_formatter(_formatter(item.panel.unit))
-        locator = mdates.AutoDateLocator(tz=UTC)
+        locator = mdates.AutoDateLocator(tz=UTC)  # type: ignore[no-untyped-call]
         ax.xaxis.set_major_locator(locator)
-        ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator, tz=UTC))
+        formatter = mdates.ConciseDateFormatter(locator, tz=UTC)  # type: ignore[no-untyped-call]
+        ax.xaxis.set_major_formatter(formatter)
         if span is not None:
             # The whole asked range, so a gap or a late start shows as such.
             ax.set_xlim(*(datetime.fromtimestamp(t, tz=UTC) for t in span))
@@ -186,7 +188,7 @@ def draw(
         handles, labels = ax.get_legend_handles_labels()
         if hidden:
             # A legend of nine reasons at zero hides the one that matters.
-            handles.append(plt.Line2D([], [], linestyle="none"))
+            handles.append(Line2D([], [], linestyle="none"))
             labels.append(f"({hidden} more at 0)")
         ax.legend(
             handles[:MAX_LEGEND_ENTRIES],
