@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import redis
-from _monitoring_services import free_port, queue_exporter, redis_server
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests._monitoring_services import free_port, queue_exporter, redis_server
 from worker.queue_exporter import PRIORITY_SEP, UNACKED_KEY, QueueCollector, make_registry
 
 pytestmark = pytest.mark.integration

@@ -12,8 +12,6 @@ from pathlib import Path
 
 import pytest
 import redis
-from _monitoring_feed import SimWorker
-from _monitoring_services import prometheus, pushgateway, queue_exporter, redis_server
 
 from producer.prometheus_config import render_prometheus_config
 from producer.render_dashboard import (
@@ -22,6 +20,8 @@ from producer.render_dashboard import (
     query_panels,
     render_dashboard,
 )
+from tests._monitoring_feed import SimWorker
+from tests._monitoring_services import prometheus, pushgateway, queue_exporter, redis_server
 
 pytestmark = pytest.mark.integration
 
@@ -35,8 +35,9 @@ class Stack:
     redis_port: int
 
 
+# Not named `stack`: the project conftest's session fixture of that name is the full stack.
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def mon_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("monitoring")
     with ExitStack() as es:
         redis_port = es.enter_context(redis_server(tmp))
@@ -57,9 +58,9 @@ def _has_value(data: PanelData) -> bool:
     return any(any(math.isfinite(v) for v in s.values) for s in data.series)
 
 
-def test_every_panel_returns_data(stack: Stack, tmp_path: Path) -> None:
+def test_every_panel_returns_data(mon_stack: Stack, tmp_path: Path) -> None:
     workers = [SimWorker("celery@a", 101, seed=1), SimWorker("celery@b", 202, seed=2)]
-    client = redis.Redis(port=stack.redis_port)
+    client = redis.Redis(port=mon_stack.redis_port)
     client.lpush("tts", *[f"m{i}" for i in range(50)])
     # Push as workers do until every panel has a value: rate() needs two scrapes that saw a
     # change, and Prometheus's first scrape is queryable only after a few seconds.
@@ -68,9 +69,9 @@ def test_every_panel_returns_data(stack: Stack, tmp_path: Path) -> None:
     while time.monotonic() < deadline:
         for worker in workers:
             worker.run_tasks(4)
-            worker.push(stack.gateway)
+            worker.push(mon_stack.gateway)
         client.rpop("tts", 2)
-        data = query_panels(stack.prometheus_url, minutes=2)
+        data = query_panels(mon_stack.prometheus_url, minutes=2)
         missing = [d.panel.title for d in data if not _has_value(d)]
         if not missing:
             break
@@ -85,7 +86,7 @@ def test_every_panel_returns_data(stack: Stack, tmp_path: Path) -> None:
     success = [v for v in by_title["Success ratio"].series[0].values if math.isfinite(v)]
     assert all(0 <= v <= 1 for v in success)
 
-    png = render_dashboard(stack.prometheus_url, tmp_path / "dash.png", minutes=2)
+    png = render_dashboard(mon_stack.prometheus_url, tmp_path / "dash.png", minutes=2)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert png.stat().st_size > 50_000
 
@@ -95,8 +96,10 @@ def test_unreachable_prometheus_is_a_clear_error(tmp_path: Path) -> None:
         render_dashboard("http://127.0.0.1:1", tmp_path / "x.png")
 
 
-def test_bad_query_is_reported_with_prometheus_reason(stack: Stack) -> None:
+def test_bad_query_is_reported_with_prometheus_reason(mon_stack: Stack) -> None:
     from producer.render_dashboard import query_range
 
     with pytest.raises(PrometheusQueryError, match="parse error"):
-        query_range(stack.prometheus_url, "sum(", start=time.time() - 60, end=time.time(), step=5)
+        query_range(
+            mon_stack.prometheus_url, "sum(", start=time.time() - 60, end=time.time(), step=5
+        )
