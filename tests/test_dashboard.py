@@ -142,3 +142,11 @@ def test_every_panel_query_parses_with_promtool(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"SUCCESS: {count} rules found" in proc.stdout
+
+
+def test_docs_show_every_panel_query() -> None:
+    docs = (ROOT / "docs" / "monitoring.md").read_text(encoding="utf-8")
+    for panel in PANELS:
+        assert f"**{panel.title}**" in docs, panel.title
+        for query in panel.queries:
+            assert query.expr in docs, f"{panel.title}: docs/monitoring.md lacks {query.expr}"
