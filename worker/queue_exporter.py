@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--address",
-        default=os.environ.get("TTS_QUEUE_EXPORTER_ADDRESS", "0.0.0.0"),
+        # Loopback unless asked: queue sizes are nobody else's business. Compose passes 0.0.0.0.
+        default=os.environ.get("TTS_QUEUE_EXPORTER_ADDRESS", "127.0.0.1"),
         help="listen address (env TTS_QUEUE_EXPORTER_ADDRESS, default %(default)s)",
     )
     parser.add_argument(
