@@ -138,6 +138,10 @@ def _visible(series: Sequence[Series]) -> list[Series]:
     return [s for s in series if any(not math.isnan(v) and v != 0 for v in s.values)]
 
 
+def _any_finite(series: Sequence[Series]) -> bool:
+    return any(not math.isnan(v) for s in series for v in s.values)
+
+
 def draw(
     data: Sequence[PanelData],
     out: Path,
@@ -171,11 +175,10 @@ def draw(
             times = [datetime.fromtimestamp(t, tz=UTC) for t in series.times]
             ax.plot(times, series.values, linewidth=1.5, label=series.label)
         if not shown:
-            note = "0 throughout" if item.series else "no data"
             ax.text(
                 0.5,
                 0.5,
-                note,
+                "0 throughout" if _any_finite(item.series) else "no data",
                 ha="center",
                 va="center",
                 transform=ax.transAxes,
@@ -184,19 +187,16 @@ def draw(
             )
             continue
         ax.set_ylim(bottom=0, top=item.panel.y_max)
-        hidden = len(item.series) - len(shown)
         handles, labels = ax.get_legend_handles_labels()
-        if hidden:
-            # A legend of nine reasons at zero hides the one that matters.
+        if len(labels) > MAX_LEGEND_ENTRIES:
+            labels[MAX_LEGEND_ENTRIES - 1 :] = [f"(+{len(labels) - MAX_LEGEND_ENTRIES + 1} more)"]
+            handles[MAX_LEGEND_ENTRIES - 1 :] = [Line2D([], [], linestyle="none")]
+        zeros = [s for s in item.series if s not in shown and _any_finite([s])]
+        if zeros:
+            # A legend of eight reasons at zero would hide the one that matters.
             handles.append(Line2D([], [], linestyle="none"))
-            labels.append(f"({hidden} more at 0)")
-        ax.legend(
-            handles[:MAX_LEGEND_ENTRIES],
-            labels[:MAX_LEGEND_ENTRIES],
-            fontsize=8,
-            loc="best",
-            framealpha=0.8,
-        )
+            labels.append(f"({len(zeros)} more at 0)")
+        ax.legend(handles, labels, fontsize=8, loc="best", framealpha=0.8)
     for ax in list(axes.flat)[len(data) :]:
         ax.set_visible(False)
     fig.suptitle(title, fontsize=13)

@@ -13,17 +13,18 @@ from pathlib import Path
 import pytest
 import redis
 
+from producer.panels import PANELS
 from producer.prometheus_config import render_prometheus_config
 from producer.render_dashboard import (
     PanelData,
     PrometheusQueryError,
+    Series,
+    draw,
     query_panels,
     render_dashboard,
 )
 from tests._monitoring_feed import SimWorker
 from tests._monitoring_services import prometheus, pushgateway, queue_exporter, redis_server
-
-pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -58,6 +59,7 @@ def _has_value(data: PanelData) -> bool:
     return any(any(math.isfinite(v) for v in s.values) for s in data.series)
 
 
+@pytest.mark.integration
 def test_every_panel_returns_data(mon_stack: Stack, tmp_path: Path) -> None:
     workers = [SimWorker("celery@a", 101, seed=1), SimWorker("celery@b", 202, seed=2)]
     client = redis.Redis(port=mon_stack.redis_port)
@@ -96,6 +98,7 @@ def test_unreachable_prometheus_is_a_clear_error(tmp_path: Path) -> None:
         render_dashboard("http://127.0.0.1:1", tmp_path / "x.png")
 
 
+@pytest.mark.integration
 def test_bad_query_is_reported_with_prometheus_reason(mon_stack: Stack) -> None:
     from producer.render_dashboard import query_range
 
@@ -103,3 +106,18 @@ def test_bad_query_is_reported_with_prometheus_reason(mon_stack: Stack) -> None:
         query_range(
             mon_stack.prometheus_url, "sum(", start=time.time() - 60, end=time.time(), step=5
         )
+
+
+def test_draw_copes_with_gaps_zeros_and_crowds(tmp_path: Path) -> None:
+    now = time.time()
+    times = [now - 60 + i for i in range(60)]
+    nan = float("nan")
+    data = [
+        PanelData(PANELS[0], [Series("up", times, [float(i) for i in range(60)])]),
+        PanelData(PANELS[1], [Series("idle", times, [nan] * 60)]),
+        PanelData(PANELS[2], [Series("zero", times, [0.0] * 60)]),
+        PanelData(PANELS[3], [Series(f"w{i}", times, [i + 1.0] * 60) for i in range(20)]),
+        PanelData(PANELS[4], []),
+    ]
+    out = draw(data, tmp_path / "sub" / "d.png", title="t", span=(now - 120, now))
+    assert out.read_bytes()[:4] == b"\x89PNG"
