@@ -96,7 +96,9 @@ def _redis_ping(port: int) -> bool:
 def pushgateway(tmp: Path) -> Iterator[str]:
     """A Pushgateway on a free loopback port; yields its host:port."""
     addr = f"127.0.0.1:{free_port()}"
-    argv = [binary("prometheus-pushgateway"), f"--web.listen-address={addr}"]
+    # Debian's build persists to /var/lib/prometheus/pushgateway.data by default, a file every
+    # Pushgateway on the machine would share: keep this one's groups in memory only.
+    argv = [binary("prometheus-pushgateway"), f"--web.listen-address={addr}", "--persistence.file="]
     with process(argv, log=tmp / "pushgateway.log"):
         wait_until(lambda: http_ok(f"http://{addr}/-/ready"), timeout=10, what="pushgateway")
         yield addr
