@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -150,3 +151,15 @@ def test_docs_show_every_panel_query() -> None:
         assert f"**{panel.title}**" in docs, panel.title
         for query in panel.queries:
             assert query.expr in docs, f"{panel.title}: docs/monitoring.md lacks {query.expr}"
+
+
+def test_monitoring_modules_import_light() -> None:
+    # The CLI imports these; matplotlib (and numpy with it) loads only when a PNG is drawn.
+    code = (
+        "import producer.panels, producer.grafana, producer.prometheus_config, "
+        "producer.render_dashboard, sys; print(' '.join(sorted(sys.modules)))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    assert not {"matplotlib", "numpy", "prometheus_client"} & set(out.split())
