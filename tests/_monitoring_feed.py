@@ -12,7 +12,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, push
 
 from producer.errors import ERROR_REASONS
 
-SECONDS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+# The buckets of worker/push.py (copied: this branch does not have it yet).
+DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800)
+QUEUE_WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 1800, 3600, 7200)
+STORAGE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
 class SimWorker:
@@ -29,20 +32,20 @@ class SimWorker:
             "tts_inference_duration_seconds",
             "engine time",
             ["engine"],
-            buckets=SECONDS_BUCKETS,
+            buckets=DURATION_BUCKETS,
             registry=r,
         )
         self.errors = Counter("tts_errors_total", "errors", ["reason"], registry=r)
         self.outcomes = Counter("tts_tasks_total", "outcomes", ["status"], registry=r)
         self.retries = Counter("tts_task_retries_total", "retries", ["reason"], registry=r)
         self.task_duration = Histogram(
-            "tts_task_duration_seconds", "task", buckets=SECONDS_BUCKETS, registry=r
+            "tts_task_duration_seconds", "task", buckets=DURATION_BUCKETS, registry=r
         )
         self.queue_wait = Histogram(
-            "tts_queue_wait_seconds", "wait", buckets=SECONDS_BUCKETS, registry=r
+            "tts_queue_wait_seconds", "wait", buckets=QUEUE_WAIT_BUCKETS, registry=r
         )
         self.storage = Histogram(
-            "tts_storage_seconds", "storage", ["op"], buckets=SECONDS_BUCKETS, registry=r
+            "tts_storage_seconds", "storage", ["op"], buckets=STORAGE_BUCKETS, registry=r
         )
         self.audio = Counter("tts_audio_seconds_total", "audio", ["engine"], registry=r)
         self.chars = Counter("tts_characters_total", "chars", ["engine"], registry=r)
