@@ -34,8 +34,8 @@ COLUMNS = 3
 MAX_LEGEND_ENTRIES = 8
 
 
-class PrometheusQueryError(TTSError):
-    """Prometheus could not be reached or refused a query; the message says which."""
+class DashboardError(TTSError):
+    """The dashboard cannot be made: Prometheus unreachable, a query refused, no matplotlib."""
 
 
 @dataclass(frozen=True)
@@ -75,11 +75,11 @@ def query_range(
     except urllib.error.HTTPError as exc:
         # Prometheus explains a bad query in the JSON body of its 400/422.
         detail = exc.read().decode(errors="replace")
-        raise PrometheusQueryError(f"{expr}: HTTP {exc.code}: {detail}") from exc
+        raise DashboardError(f"{expr}: HTTP {exc.code}: {detail}") from exc
     except (urllib.error.URLError, OSError, ValueError) as exc:
-        raise PrometheusQueryError(f"cannot query {prometheus_url}: {exc}") from exc
+        raise DashboardError(f"cannot query {prometheus_url}: {exc}") from exc
     if body.get("status") != "success":
-        raise PrometheusQueryError(f"{expr}: {body.get('error', body)}")
+        raise DashboardError(f"{expr}: {body.get('error', body)}")
     result: list[dict[str, Any]] = body["data"]["result"]
     return result
 
@@ -150,7 +150,12 @@ def draw(
     span: tuple[float, float] | None = None,
 ) -> Path:
     """Draw panels into a PNG grid at `out`; return `out`. `span`: the x range (unix times)."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError as exc:  # a producer-only install
+        raise DashboardError(
+            "drawing needs matplotlib: pip install matplotlib (or the project's dashboard extra)"
+        ) from exc
 
     matplotlib.use("Agg")  # no display on servers
     import matplotlib.dates as mdates
@@ -216,7 +221,8 @@ def render_dashboard(
 ) -> Path:
     """Query every dashboard panel over the last `minutes` and write them as one PNG at `out`.
 
-    Raises PrometheusQueryError if Prometheus cannot be reached or refuses a query.
+    Raises DashboardError if Prometheus cannot be reached or refuses a query, or if matplotlib
+    is not installed.
     """
     end = time.time()
     data = query_panels(prometheus_url, minutes=minutes, end=end, rate_window=rate_window)
@@ -243,7 +249,7 @@ def main(argv: list[str] | None = None) -> None:
         path = render_dashboard(
             args.prometheus, args.out, minutes=args.minutes, rate_window=args.rate_window
         )
-    except PrometheusQueryError as exc:
+    except DashboardError as exc:
         raise SystemExit(f"error: {exc}") from None
     print(path)
 

@@ -16,8 +16,8 @@ import redis
 from producer.panels import PANELS
 from producer.prometheus_config import render_prometheus_config
 from producer.render_dashboard import (
+    DashboardError,
     PanelData,
-    PrometheusQueryError,
     Series,
     draw,
     query_panels,
@@ -94,7 +94,7 @@ def test_every_panel_returns_data(mon_stack: Stack, tmp_path: Path) -> None:
 
 
 def test_unreachable_prometheus_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(PrometheusQueryError, match="cannot query"):
+    with pytest.raises(DashboardError, match="cannot query"):
         render_dashboard("http://127.0.0.1:1", tmp_path / "x.png")
 
 
@@ -102,7 +102,7 @@ def test_unreachable_prometheus_is_a_clear_error(tmp_path: Path) -> None:
 def test_bad_query_is_reported_with_prometheus_reason(mon_stack: Stack) -> None:
     from producer.render_dashboard import query_range
 
-    with pytest.raises(PrometheusQueryError, match="parse error"):
+    with pytest.raises(DashboardError, match="parse error"):
         query_range(
             mon_stack.prometheus_url, "sum(", start=time.time() - 60, end=time.time(), step=5
         )
