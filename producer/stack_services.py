@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from producer.prometheus_config import render_prometheus_config
+
+RULES_SOURCE = Path(__file__).resolve().parent.parent / "compose" / "prometheus" / "rules"
 from producer.stack_layout import StackCredentials, StackLayout, write_secret
 from producer.stack_procs import ProcSpec, StackError
 
@@ -317,6 +319,9 @@ def _prometheus(ctx: ServiceContext) -> Service:
 
     def prepare() -> None:
         rules.mkdir(parents=True, exist_ok=True)
+        # The project's alert rules, copied so that the stack runs the version it started with.
+        for rule_file in sorted(RULES_SOURCE.glob("*.yml")):
+            shutil.copyfile(rule_file, rules / rule_file.name)
         text = render_prometheus_config(
             pushgateway=f"{host}:{ports.pushgateway}",
             flower=f"{host}:{ports.flower}" if ctx.has_module(ctx.app) else None,
