@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from producer.errors import ConfigError, InvalidBatch, InvalidJob, TTSError
-from producer.settings import Settings
+from producer.settings import LOCAL_PORTS, Settings
 from producer.stack_procs import StackError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -96,6 +96,12 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ps", help="show the local stack's services")
     p.set_defaults(run=_cmd_ps)
+
+    p = sub.add_parser("dashboard", help="render the Grafana dashboard's panels to a PNG")
+    p.add_argument("--prometheus", default=None, help="Prometheus URL (default: the local stack's)")
+    p.add_argument("--out", type=Path, default=Path("out/dashboard.png"))
+    p.add_argument("--minutes", type=int, default=30, help="time range to draw")
+    p.set_defaults(run=_cmd_dashboard)
 
     p = sub.add_parser("worker", help="run a worker in the foreground with the project's settings")
     p.add_argument("--concurrency", type=int, default=None)
@@ -279,6 +285,19 @@ def _cmd_ps(args: argparse.Namespace, settings: Settings) -> int:
     print(format_statuses(statuses))
     running = [s for s in statuses.values() if s.state == "running"]
     return EXIT_OK if running else EXIT_FAILED
+
+
+def _cmd_dashboard(args: argparse.Namespace, settings: Settings) -> int:
+    from producer.render_dashboard import DashboardError, render_dashboard
+
+    url = args.prometheus or f"http://127.0.0.1:{LOCAL_PORTS['prometheus']}"
+    try:
+        path = render_dashboard(url, args.out, minutes=args.minutes)
+    except DashboardError as exc:
+        print(f"tts-batch: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(path)
+    return EXIT_OK
 
 
 def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from producer.prometheus_config import render_prometheus_config
-
-RULES_SOURCE = Path(__file__).resolve().parent.parent / "compose" / "prometheus" / "rules"
 from producer.stack_layout import StackCredentials, StackLayout, write_secret
 from producer.stack_procs import ProcSpec, StackError
+
+# The project's Prometheus alert rules, loaded by the stack's Prometheus.
+RULES_SOURCE = Path(__file__).resolve().parent.parent / "compose" / "prometheus" / "rules"
 
 # Services that need nothing but their binary, started first; app services need Redis up.
 BASE_SERVICES = ("redis", "s3", "pushgateway", "prometheus", "queue-exporter")

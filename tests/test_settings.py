@@ -62,8 +62,10 @@ def test_stack_credentials_are_the_fallback(tmp_path: Path) -> None:
     assert explicit.s3_secret_key == "b"
 
 
-def test_to_env_round_trips() -> None:
-    settings = Settings(max_chars=77, speakers=("x", "y"), s3_create_bucket=False)
+def test_to_env_round_trips(tmp_path: Path) -> None:
+    settings = Settings(
+        max_chars=77, speakers=("x", "y"), s3_create_bucket=False, stack_dir=str(tmp_path)
+    )
     assert Settings.from_env(settings.to_env()) == settings
 
 
