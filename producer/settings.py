@@ -73,11 +73,18 @@ class Settings:
     # A job synthesizing a content key holds a lease this long, renewed while it works; a job
     # with the same key waits for the object instead of synthesizing it twice.
     lease_seconds: float = 30.0
-    # Test and benchmark knobs of the fake engine: seconds of sleep per synthesis.
+    # 0 derives the broker's visibility timeout from the time limits (see below); fault tests
+    # set a short one.
+    visibility_timeout: int = 0
+    # Test and benchmark knobs of the fake engine: seconds of sleep per synthesis, and a folder
+    # where it drops a marker file (named after its pid) when a synthesis starts.
     fake_delay: float = 0.0
+    fake_marker_dir: str = ""
 
     @property
     def visibility_timeout_seconds(self) -> int:
+        if self.visibility_timeout:
+            return self.visibility_timeout
         longest = (
             self.task_time_base_seconds
             + self.task_time_per_char_seconds * self.max_chars

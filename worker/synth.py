@@ -10,9 +10,11 @@ from __future__ import annotations
 import hashlib
 import io
 import math
+import os
 import shutil
 import subprocess
 import time
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -124,8 +126,9 @@ class FakeSynthesizer:
     model_id = "fake-tone-1"
     sample_rate = 16000
 
-    def __init__(self, *, delay: float = 0.0) -> None:
+    def __init__(self, *, delay: float = 0.0, marker_dir: str = "") -> None:
         self._delay = delay
+        self._marker_dir = Path(marker_dir) if marker_dir else None
 
     def speakers(self) -> frozenset[str]:
         return frozenset(COSYVOICE_SFT_SPEAKERS)
@@ -134,6 +137,10 @@ class FakeSynthesizer:
         return {"engine": self.name, "model": self.model_id, "sample_rate": self.sample_rate}
 
     def synthesize(self, text: str, *, speaker: str, lang: str | None) -> np.ndarray:
+        if self._marker_dir is not None:
+            # Lets a fault test know that this process is inside a synthesis right now.
+            marker = self._marker_dir / f"{os.getpid()}-{time.time_ns()}"
+            marker.write_text(text, encoding="utf-8")
         if self._delay:
             time.sleep(self._delay)
         seconds = min(0.3 + 0.06 * len(text), 60.0)
@@ -149,7 +156,7 @@ def load_engine(settings: Settings) -> Synthesizer:
     if settings.engine == "espeak":
         return EspeakSynthesizer()
     if settings.engine == "fake":
-        return FakeSynthesizer(delay=settings.fake_delay)
+        return FakeSynthesizer(delay=settings.fake_delay, marker_dir=settings.fake_marker_dir)
     if settings.engine == "cosyvoice":
         from worker.cosyvoice_engine import CosyVoiceSynthesizer
 
