@@ -90,6 +90,7 @@ class LocalStack:
         extra_env: Mapping[str, str] | None = None,
         redis_password: bool = False,
         ready_timeout: float = 60.0,
+        scrape_interval: str = "5s",
     ) -> None:
         """`app` is the Celery app module of Flower and the workers; `base_settings` supplies
         every setting the stack does not own (engine, limits...); `extra_env` is added to
@@ -101,6 +102,7 @@ class LocalStack:
         self.extra_env = dict(extra_env or {})
         self.redis_password = redis_password
         self.ready_timeout = ready_timeout
+        self.scrape_interval = scrape_interval
         self.concurrency = 2
         self._lock_depth = 0
 
@@ -267,6 +269,7 @@ class LocalStack:
             app=self.app,
             queue=self.queue,
             concurrency=self.concurrency,
+            scrape_interval=self.scrape_interval,
         )
         settings_env = self._stack_settings(ctx).to_env()
         return replace(ctx, env={**env, **settings_env, **self.extra_env})

@@ -57,6 +57,8 @@ class ServiceContext:
     app: str = "worker.app"
     queue: str = "tts"
     concurrency: int = 2
+    # How often the stack's Prometheus scrapes; tests use 1s to see rates sooner.
+    scrape_interval: str = "5s"
 
     def has_module(self, module: str) -> bool:
         """True if the stack's child processes can import `module`."""
@@ -328,6 +330,7 @@ def _prometheus(ctx: ServiceContext) -> Service:
             flower=f"{host}:{ports.flower}" if ctx.has_module(ctx.app) else None,
             exporter=f"{host}:{ports.exporter}" if ctx.has_module(EXPORTER_MODULE) else None,
             rules_dir=rules,
+            scrape_interval=ctx.scrape_interval,
         )
         config.write_text(text, encoding="utf-8")
 

@@ -21,7 +21,7 @@ import redis
 from producer.settings import Settings
 from tests.helpers import make_settings
 
-SERVICES = ("redis", "s3", "pushgateway", "prometheus")
+SERVICES = ("redis", "s3", "pushgateway", "prometheus", "queue-exporter")
 
 
 @pytest.fixture(scope="session")
@@ -30,7 +30,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
     state = tmp_path_factory.mktemp("stack")
     layout = StackLayout(state, ports=StackPorts.find_free())
-    local = LocalStack(layout, base_settings=make_settings())
+    local = LocalStack(layout, base_settings=make_settings(), scrape_interval="1s")
     try:
         local.up(list(SERVICES))
         yield local
