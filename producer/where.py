@@ -22,6 +22,7 @@ def describe(batch_id: str, settings: Settings) -> str:
         "",
         f"Audio ({len(audio)} files): {out / batch_id}/",
         f"Manifest:   {out / (batch_id + '.manifest.jsonl')}",
+        f"Dashboard:  {out / (batch_id + '.dashboard.png')} (tts-batch dashboard draws it anew)",
         f"S3 objects: s3://{settings.s3_bucket}/audio/ at {settings.s3_endpoint}",
         f"Flower:     http://127.0.0.1:{LOCAL_PORTS['flower']}/  (user {flower_user}, password "
         f"in {credentials_path(settings.stack_dir)})",

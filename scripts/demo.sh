@@ -24,6 +24,15 @@ if $bin/tts-batch ps >/dev/null 2>&1; then
   fi
 fi
 $bin/tts-batch up
+prom="http://127.0.0.1:19090"
+# rate() needs a sample from before the jobs: wait until Prometheus has scraped the workers'
+# zeroed counters (pushed before `up` returned), i.e. a sample newer than now.
+since=$(date +%s)
+for _ in $(seq 40); do
+  curl -fsS "$prom/api/v1/query" --data-urlencode "query=count(timestamp(tts_tasks_total) > $since)" \
+    2>/dev/null | grep -q '"result":\[{' && break
+  sleep 0.5
+done
 mkdir -p out
 batch="demo-$(date +%Y%m%d-%H%M%S)"
 set +e
@@ -32,5 +41,9 @@ $bin/tts-batch submit examples/announcements.csv --batch-id "$batch" --wait \
 status=$?
 set -e
 $bin/tts-batch fetch "$batch" --to "out/$batch"
+# Two more scrapes (5 s apart) so that the dashboard shows the batch, then draw it.
+sleep 11
+$bin/tts-batch dashboard --prometheus "$prom" --minutes 5 --out "out/$batch.dashboard.png" >/dev/null \
+  || echo "(dashboard not drawn: is Prometheus up?)"
 $bin/python -m producer.where "$batch"
 exit $status
