@@ -9,6 +9,8 @@ command -v prometheus-pushgateway >/dev/null || need+=(prometheus-pushgateway)
 command -v prometheus >/dev/null || need+=(prometheus)
 command -v promtool >/dev/null || need+=(prometheus)
 command -v sox >/dev/null || need+=(sox)
+# Validates compose/docker-compose.yml in the tests (no Docker engine needed).
+command -v docker-compose >/dev/null || need+=(docker-compose)
 ldconfig -p 2>/dev/null | grep -q libsndfile || need+=(libsndfile1)
 command -v python3 >/dev/null || need+=(python3)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)

@@ -1,0 +1,14 @@
+# The worker, Flower and queue-exporter image of compose/docker-compose.yml (espeak engine).
+# CosyVoice needs its runtime on top: see README, "CosyVoice engine".
+FROM python:3.11-slim-bookworm
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends espeak-ng libsndfile1 \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /app
+COPY pyproject.toml README.md celeryconfig.py ./
+COPY producer producer
+COPY worker worker
+COPY compose/prometheus/rules compose/prometheus/rules
+RUN pip install --no-cache-dir '.[worker,stack]'
+USER nobody
+CMD ["celery", "-A", "worker.app", "worker", "-E", "-Q", "tts", "--loglevel", "INFO"]
