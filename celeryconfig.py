@@ -4,12 +4,16 @@ first loads its configuration, not before)."""
 from __future__ import annotations
 
 from producer.queue import QUEUE
+from producer.redis_conn import celery_tls_options
 from producer.settings import Settings
 
 _settings = Settings.from_env()
 
 broker_url = _settings.broker_url
 result_backend = _settings.results_url
+# rediss:// URLs: certificates verified (against TTS_REDIS_TLS_CA_FILE if set).
+broker_use_ssl = celery_tls_options(_settings, broker_url)
+redis_backend_use_ssl = celery_tls_options(_settings, result_backend)
 # JSON only: a pickled message could run code in the worker.
 task_serializer = "json"
 result_serializer = "json"

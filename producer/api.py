@@ -30,6 +30,7 @@ from producer.contract import (
 )
 from producer.errors import InvalidBatch, InvalidJob
 from producer.queue import JobSender, client_app
+from producer.redis_conn import connect
 from producer.rows import Row, read_rows
 from producer.settings import Settings
 
@@ -172,7 +173,7 @@ class Producer:
 
     def __init__(self, settings: Settings, *, redis_client: redis.Redis | None = None) -> None:
         self.settings = settings
-        self._redis = redis_client or redis.Redis.from_url(settings.results_url)
+        self._redis = redis_client or connect(settings)
         self._sender = JobSender(client_app(settings), settings)
 
     @classmethod

@@ -11,6 +11,7 @@ from typing import Any
 from celery import Celery
 
 from producer.contract import TASK_NAME
+from producer.redis_conn import celery_tls_options
 from producer.settings import Settings
 
 QUEUE = "tts"
@@ -24,7 +25,11 @@ def time_limits(settings: Settings, text_chars: int) -> tuple[float, float]:
 
 def client_app(settings: Settings) -> Celery:
     app = Celery("tts_batch_producer", broker=settings.broker_url, backend=settings.results_url)
+    broker_ssl = celery_tls_options(settings, settings.broker_url)
+    backend_ssl = celery_tls_options(settings, settings.results_url)
     app.conf.update(
+        broker_use_ssl=broker_ssl,
+        redis_backend_use_ssl=backend_ssl,
         task_serializer="json",
         accept_content=["json"],
         result_serializer="json",

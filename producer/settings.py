@@ -38,6 +38,8 @@ def _default_stack_dir() -> str:
 @dataclass(frozen=True)
 class Settings:
     broker_url: str = f"redis://127.0.0.1:{LOCAL_PORTS['redis']}/0"
+    # CA bundle for a `rediss://` broker whose certificate is not signed by a system CA.
+    redis_tls_ca_file: str = ""
     # Empty means: the broker URL.
     result_backend: str = ""
     s3_endpoint: str = f"http://127.0.0.1:{LOCAL_PORTS['s3']}"

@@ -102,8 +102,7 @@ class _QuietHandler(WSGIRequestHandler):
 
 def main(argv: list[str] | None = None) -> None:
     """Serve /metrics for the broker in `TTS_BROKER_URL` until killed."""
-    import redis
-
+    from producer.redis_conn import connect
     from producer.settings import Settings
 
     parser = argparse.ArgumentParser(description=main.__doc__)
@@ -129,7 +128,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
     settings = Settings.from_env()
-    client = redis.Redis.from_url(
+    client = connect(
+        settings,
         settings.broker_url,
         socket_timeout=REDIS_TIMEOUT_S,
         socket_connect_timeout=REDIS_TIMEOUT_S,

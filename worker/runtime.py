@@ -10,9 +10,8 @@ import os
 import socket
 import time
 
-import redis
-
 from producer.errors import StorageError
+from producer.redis_conn import connect
 from producer.settings import Settings
 from producer.storage import AudioStore
 from worker.lease import ContentLease
@@ -53,7 +52,7 @@ def build_context(
     version = getattr(engine, "version", engine.model_id)
     metrics.set_info(model=engine.model_id, version=str(version), load_seconds=load_seconds)
     name = worker_name()
-    client = redis.Redis.from_url(settings.results_url)
+    client = connect(settings)
     ctx = WorkerContext(
         settings=settings,
         engine=engine,
