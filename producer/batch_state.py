@@ -52,8 +52,9 @@ redis.call('HINCRBY', KEYS[2], ARGV[3], w)
 return 1
 """
 
-# KEYS: results, counts, weight, sent. ARGV: job id.
-# Forgets a failed job's outcome so that it can run again. Returns 1 when it did.
+# KEYS: results, counts, weight, sent, attempts. ARGV: job id.
+# Forgets a failed job's outcome (and its delivery count, so that a job dead-lettered as
+# worker_lost gets its full allowance again) so that it can run again. Returns 1 when it did.
 _RESET_FAILED = """
 local done = redis.call('HGET', KEYS[1], ARGV[1])
 if not done then return 0 end
@@ -62,6 +63,7 @@ if status ~= 'failed' then return 0 end
 local w = tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '1')
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[4], ARGV[1])
+redis.call('HDEL', KEYS[5], ARGV[1])
 redis.call('HINCRBY', KEYS[2], 'failed', -w)
 return 1
 """
@@ -145,7 +147,14 @@ class BatchState:
     def reset_failed(self, job_id: str) -> bool:
         k = self._keys
         flag = self._r.eval(
-            _RESET_FAILED, 4, k["results"], k["counts"], k["weight"], k["sent"], job_id
+            _RESET_FAILED,
+            5,
+            k["results"],
+            k["counts"],
+            k["weight"],
+            k["sent"],
+            k["attempts"],
+            job_id,
         )
         return bool(flag)
 

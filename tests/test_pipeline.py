@@ -246,3 +246,35 @@ def test_cli_reports_failures_with_exit_code_1(
     by_id = {line["id"]: line for line in map(json.loads, manifest.read_text().splitlines())}
     assert by_id["a"]["status"] == "succeeded"
     assert (by_id["b"]["status"], by_id["b"]["reason"]) == ("failed", "unknown_speaker")
+
+
+def test_failed_jobs_are_listed_and_retried(settings: Settings, workers: Any) -> None:
+    # Jobs sent with a 1 s time limit to a worker whose engine takes 3 s: they fail as timeouts.
+    tight = Settings.from_env(
+        {
+            **settings.to_env(),
+            "TTS_TASK_TIME_BASE_SECONDS": "1",
+            "TTS_TASK_TIME_PER_CHAR_SECONDS": "0",
+            "TTS_TASK_TIME_GRACE_SECONDS": "5",
+        }
+    )
+    slow = workers.start(concurrency=2, fake_delay=3.0)
+    batch = Producer(tight).submit_batch(rows(2, text=fresh_text()), batch_id="slow")
+    results = batch.wait(timeout=60)
+    assert {(r.status, r.reason) for r in results} == {("failed", "timeout")}
+
+    listed = cli(settings, "failed", "slow")
+    assert listed.returncode == 1
+    lines = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert sorted(line["id"] for line in lines) == ["r0", "r1"]
+    assert all(line["reason"] == "timeout" and line["attempts"] == 1 for line in lines)
+
+    # With a worker that is fast enough, `retry` enqueues them again and they succeed.
+    slow.stop()
+    workers.start(concurrency=2)
+    retried = cli(settings, "retry", "slow")
+    assert retried.returncode == 0 and retried.stdout.startswith("2 ")
+    results = Producer(settings).batch("slow").wait(timeout=60)
+    assert [r.status for r in results] == ["succeeded", "succeeded"]
+    progress = Producer(settings).batch("slow").progress()
+    assert (progress.total, progress.succeeded, progress.failed) == (2, 2, 0)
