@@ -90,15 +90,16 @@ class CosyVoiceSynthesizer:
         import torch
 
         if speaker not in self._speakers:
+            known = ", ".join(sorted(self._speakers))
             raise InvalidJob(
-                f"cosyvoice model has no speaker {speaker!r}; it has {', '.join(sorted(self._speakers))}",
+                f"cosyvoice model has no speaker {speaker!r}; it has {known}",
                 reason="unknown_speaker",
                 field="speaker",
             )
         chunks = self._splitter.split(text, lang=lang)
         if not chunks:
             raise InvalidJob("nothing to say after text normalization", reason="invalid_text")
-        self._use_process_threads()
+        self.prepare_process()
         # Sampling (LLM), flow noise and the vocoder's excitation are random: a fixed seed per
         # job makes the same request give the same audio (a redelivered job, a re-run batch).
         torch.manual_seed(self._seed)
@@ -106,15 +107,19 @@ class CosyVoiceSynthesizer:
         for chunk in chunks:
             # text_frontend=False: the text is already normalized (and kept away from the
             # package's French branch, which misroutes zh/en text containing "son", "car"...).
-            for out in self._model.inference_sft(chunk, speaker, stream=False, text_frontend=False):
+            # These two calls are upstream `CosyVoice.inference_sft` with text_frontend=False,
+            # minus its progress bar (which would flood worker logs).
+            model_input = self._model.frontend.frontend_sft(chunk, speaker)
+            for out in self._model.model.tts(**model_input, stream=False, speed=1.0):
                 pieces.append(out["tts_speech"].reshape(-1).numpy())
         audio = np.concatenate(pieces).astype(np.float32, copy=False)
         if not np.isfinite(audio).all():
             raise RuntimeError("cosyvoice produced non-finite samples")
         return audio
 
-    def _use_process_threads(self) -> None:
-        # Once per process: a forked child gets the parent's one-thread setting.
+    def prepare_process(self) -> None:
+        """Set this process's torch threads to `threads` (once per process; a forked child
+        starts with the parent's single load thread)."""
         if self._threads_pid != os.getpid():
             import torch
 
@@ -128,12 +133,9 @@ class CosyVoiceSynthesizer:
 
 
 def _load_cosyvoice(path: Path) -> Any:
-    # Progress bars of the upstream loop would flood worker logs (tqdm honours TQDM_DISABLE).
-    os.environ.setdefault("TQDM_DISABLE", "1")
     import torch
 
     torch.set_num_threads(1)
     from cosyvoice.cli.cosyvoice import CosyVoice
 
     return CosyVoice(str(path))
-

@@ -36,9 +36,10 @@ def make_random_model(directory: Path, *, size: str, seed: int = 0) -> Path:
     if size not in SIZES:
         raise ValueError(f"size must be one of {', '.join(SIZES)}, got {size!r}")
     directory = directory.resolve()
-    if any((directory / n).exists() for n in REQUIRED_FILES) and not (
-        directory / RANDOM_MARKER
-    ).exists():
+    if (
+        any((directory / n).exists() for n in REQUIRED_FILES)
+        and not (directory / RANDOM_MARKER).exists()
+    ):
         raise FileExistsError(f"{directory} holds model files that are not random: not touched")
     directory.mkdir(parents=True, exist_ok=True)
 
