@@ -37,8 +37,6 @@ if ! "$py" -c 'import sys, torch; sys.exit(torch.version.cuda is not None)'; the
   exit 1
 fi
 
-# Upstream code and the whisper tokenizer without their declared (GPU, training) dependencies.
-"${pip[@]}" --no-deps cosyvoice2-fr-infer==0.1.5 openai-whisper==20250625 torchaudio==2.11.0
 "${pip[@]}" --no-deps --no-build-isolation pyworld==0.3.5
 
 # The runtime set; the constraint keeps the CPU torch in place.
@@ -46,6 +44,10 @@ constraint="$(mktemp)"
 trap 'rm -f "$constraint"' EXIT
 echo "torch==2.13.0" >"$constraint"
 "${pip[@]}" -c "$constraint" -r "$requirements"
+
+# Last, so that pip's conflict report does not list their declared pins at every step:
+# upstream code and the whisper tokenizer without their declared (GPU, training) dependencies.
+"${pip[@]}" --no-deps cosyvoice2-fr-infer==0.1.5 openai-whisper==20250625 torchaudio==2.11.0
 
 # torchaudio 2.11.0's Linux wheel links CUDA libraries: drop its compiled extensions. CosyVoice
 # v1 uses only pure-Python parts (compliance.kaldi.fbank, transforms.Resample).
@@ -57,6 +59,15 @@ rm -f "$site/torchaudio/lib/_torchaudio.abi3.so" "$site/torchaudio/lib/libtorcha
 if "$py" -m pip list --format=freeze 2>/dev/null |
   grep -iE '^(nvidia-|onnxruntime-gpu|deepspeed|tensorrt|triton)'; then
   echo "install-cosyvoice: GPU packages found in $venv (listed above)" >&2
+  exit 1
+fi
+
+# The two --no-deps packages declare pins that are knowingly unmet (GPU, training, old numpy
+# and transformers); any other conflict means this set broke a package of the project.
+conflicts="$("$py" -m pip check 2>/dev/null | grep -vE '^(cosyvoice2-fr-infer|openai-whisper) ' || true)"
+if [[ -n "$conflicts" && "$conflicts" != "No broken requirements found." ]]; then
+  echo "install-cosyvoice: dependency conflicts in $venv:" >&2
+  echo "$conflicts" >&2
   exit 1
 fi
 
