@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from producer.errors import InvalidJob
+from producer.errors import ConfigError, InvalidJob
 from producer.settings import Settings
 from worker.cosyvoice_dir import check_model_dir, is_random_model, model_fingerprint
 from worker.cosyvoice_text import TextSplitter
@@ -42,7 +42,7 @@ class CosyVoiceSynthesizer:
     """CosyVoice-300M-SFT: the seven built-in speakers, 22050 Hz float32 mono.
 
     One instance per worker process (or per parent, before the fork); not thread-safe.
-    `load_seconds` is how long the import and the load took.
+    `load_seconds` is how long the import and the load took; `version` names the runtime.
     """
 
     name = "cosyvoice"
@@ -61,7 +61,8 @@ class CosyVoiceSynthesizer:
         self.sample_rate = int(self._model.sample_rate)
         self._speakers = frozenset(str(s) for s in self._model.list_available_spks())
         self._splitter = TextSplitter(self._model.frontend)
-        self._runtime_version = metadata.version(RUNTIME_PACKAGE)
+        # The runtime's release: the worker's info metric reports it as the engine version.
+        self.version = f"{RUNTIME_PACKAGE}-{metadata.version(RUNTIME_PACKAGE)}"
         if self.random_weights:
             log.warning("model %s holds RANDOM weights: it produces noise, not speech", path)
         log.info("cosyvoice model %s loaded in %.1f s", self.model_id, self.load_seconds)
@@ -79,7 +80,7 @@ class CosyVoiceSynthesizer:
             "engine": self.name,
             "model": self.model_id,
             "sample_rate": self.sample_rate,
-            "runtime": f"{RUNTIME_PACKAGE}-{self._runtime_version}",
+            "runtime": self.version,
             "frontend": self._splitter.frontend_name,
             "seed": self._seed,
         }
@@ -133,9 +134,14 @@ class CosyVoiceSynthesizer:
 
 
 def _load_cosyvoice(path: Path) -> Any:
-    import torch
+    try:
+        import torch
 
-    torch.set_num_threads(1)
-    from cosyvoice.cli.cosyvoice import CosyVoice
-
+        # One thread while loading: no OpenMP pool exists when a worker parent forks.
+        torch.set_num_threads(1)
+        from cosyvoice.cli.cosyvoice import CosyVoice
+    except (ImportError, OSError) as exc:  # OSError: a CUDA torchaudio's missing libraries
+        raise ConfigError(
+            f"engine 'cosyvoice' needs the CosyVoice runtime ({exc}): run make install-cosyvoice"
+        ) from exc
     return CosyVoice(str(path))
