@@ -1,8 +1,9 @@
 """Worker start-up: the engine loads once in the parent and the pool forks after it.
 
 - forked children of a parent that loaded the model synthesize (with two threads each);
-- the control: a parent that ran a multi-threaded torch op before forking hangs its child
-  (pytorch#17199), so the first test would catch a load path that started a thread pool;
+- the control: a parent that ran a multi-threaded torch op before forking hangs (or aborts)
+  its children (pytorch#17199), so the first test would catch a load path that started a
+  thread pool;
 - a real Celery worker (prefork, two processes) with a missing or incomplete model directory
   exits at once with EX_CONFIG and one line naming what is missing;
 - a real Celery worker with the tiny model answers tasks from pool processes that did not
@@ -99,8 +100,10 @@ def test_children_of_a_preloading_parent_synthesize(tiny_model_dir: Path, tmp_pa
 def test_control_a_thread_pool_in_the_parent_hangs_the_children(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    # The children need about a second; 20 s without an answer is a hang.
-    assert _run_fork_script(tiny_model_dir, "control", tmp_path, deadline=20) == ["hung", "hung"]
+    # The children need about a second; 20 s without an answer is a hang. Seen here: both hang,
+    # or one aborts (SIGABRT in libgomp) and the other hangs. Neither ever finishes.
+    statuses = _run_fork_script(tiny_model_dir, "control", tmp_path, deadline=20)
+    assert all(status == "hung" or status < 0 for status in statuses), statuses
 
 
 def _start_worker(tmp_path: Path, model_dir: str, **env: str) -> subprocess.Popen[str]:
