@@ -39,13 +39,14 @@ format: $(VENV)/.installed
 	$(BIN)/ruff check --fix .
 
 test: install install-cosyvoice lint
-	$(BIN)/pytest -ra $(PYTEST_ARGS)
+	TTS_REQUIRE_COSYVOICE=1 $(BIN)/pytest -ra $(PYTEST_ARGS)
 
 # Unit tests only: no services, seconds.
 test-fast: $(VENV)/.installed
 	$(BIN)/pytest -ra -m "not integration and not soak and not cosyvoice" $(PYTEST_ARGS)
 
-demo: install
+# ENGINE=cosyvoice also installs the CosyVoice runtime.
+demo: install $(if $(filter cosyvoice,$(ENGINE)),install-cosyvoice)
 	bash scripts/demo.sh "$(ENGINE)" "$(MODEL_DIR)"
 
 bench: install install-cosyvoice

@@ -36,6 +36,7 @@ worker_send_task_events = True
 task_send_sent_event = True
 broker_connection_retry_on_startup = True
 worker_hijack_root_logger = False
-# Engine loading happens in each pool process after the fork: allow it its time.
-worker_proc_alive_timeout = 120.0
+# The engine is loaded once in the parent before the pool forks (worker/engine_host.py), so
+# pool processes start in well under Celery's 4 s worker_proc_alive_timeout; the pool must fork.
+worker_pool_start_method = "fork"
 worker_consumer = "worker.consumer:CountingConsumer"

@@ -103,6 +103,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--minutes", type=int, default=30, help="time range to draw")
     p.set_defaults(run=_cmd_dashboard)
 
+    p = sub.add_parser("cosyvoice", help="CosyVoice engine tools")
+    cosy = p.add_subparsers(dest="cosyvoice_command", required=True)
+    p = cosy.add_parser(
+        "make-random-model",
+        help="write a model directory with RANDOM weights (noise, for tests and benchmarks)",
+    )
+    p.add_argument("--size", choices=("tiny", "full"), default="tiny")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("directory", type=Path)
+    p.set_defaults(run=_cmd_make_random_model)
+
     p = sub.add_parser("worker", help="run a worker in the foreground with the project's settings")
     p.add_argument("--concurrency", type=int, default=None)
     p.add_argument("--hostname", default=None, help="Celery node name (default tts@HOST)")
@@ -297,6 +308,15 @@ def _cmd_dashboard(args: argparse.Namespace, settings: Settings) -> int:
         print(f"tts-batch: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     print(path)
+    return EXIT_OK
+
+
+def _cmd_make_random_model(args: argparse.Namespace, settings: Settings) -> int:
+    # Needs the CosyVoice runtime (make install-cosyvoice); imported only here.
+    from worker.cosyvoice_model import make_random_model
+
+    path = make_random_model(args.directory, size=args.size, seed=args.seed)
+    print(f"{path}  (random weights: noise, not speech; for tests and benchmarks only)")
     return EXIT_OK
 
 

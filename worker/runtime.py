@@ -71,11 +71,18 @@ def build_context(
     return ctx, pusher
 
 
-def start_process(settings: Settings | None = None) -> WorkerContext:
-    """Build this process's context (idempotent)."""
+def start_process(
+    settings: Settings | None = None,
+    *,
+    engine: Synthesizer | None = None,
+    load_seconds: float = 0.0,
+) -> WorkerContext:
+    """Build this process's context (idempotent), around `engine` if it was loaded already."""
     if _state.get("pid") == os.getpid() and "context" in _state:
         return context()
-    ctx, pusher = build_context(settings or Settings.from_env())
+    ctx, pusher = build_context(
+        settings or Settings.from_env(), engine=engine, load_seconds=load_seconds
+    )
     _state.update(pid=os.getpid(), context=ctx, pusher=pusher)
     log.info(
         "worker process %s ready: engine %s (%s)", os.getpid(), ctx.engine.name, ctx.engine.model_id
@@ -84,9 +91,16 @@ def start_process(settings: Settings | None = None) -> WorkerContext:
 
 
 def context() -> WorkerContext:
-    """This process's context; built on first use where no process-init signal ran (solo)."""
+    """This process's context; built on first use where no process-init signal ran (solo
+    pool), around the engine the worker preloaded when there is one."""
     if _state.get("pid") != os.getpid():
-        return start_process()
+        from worker import engine_host
+
+        try:
+            engine = engine_host.current()
+        except RuntimeError:
+            return start_process()
+        return start_process(engine=engine, load_seconds=engine_host.load_seconds())
     ctx = _state["context"]
     assert isinstance(ctx, WorkerContext)
     return ctx

@@ -11,6 +11,7 @@ from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import (
     celeryd_after_setup,
+    worker_init,
     worker_process_init,
     worker_process_shutdown,
     worker_ready,
@@ -20,7 +21,7 @@ from celery.signals import (
 from producer.contract import TASK_NAME
 from producer.errors import InvalidJob, TransientError
 from producer.settings import Settings
-from worker import consumer, runtime
+from worker import consumer, engine_host, runtime
 from worker.app import app
 from worker.pipeline import EngineFailure, WorkerContext, parse, record_failure, run_job
 from worker.retry import backoff_seconds
@@ -48,9 +49,16 @@ def _stop_parent(**_: Any) -> None:
     consumer.stop_parent()
 
 
+@worker_init.connect
+def _load_engine(**_: Any) -> None:
+    # In the parent, before the pool forks: a failure stops the whole worker with one line.
+    engine_host.preload(Settings.from_env())
+
+
 @worker_process_init.connect
 def _start_process(**_: Any) -> None:
-    runtime.start_process()
+    engine_host.init_pool_process()
+    runtime.start_process(engine=engine_host.current(), load_seconds=engine_host.load_seconds())
 
 
 @worker_process_shutdown.connect
