@@ -16,15 +16,21 @@ from celery.worker.consumer import Consumer
 
 from worker.janitor import Janitor
 from worker.push import BackgroundPusher, WorkerMetrics, grouping_key
+from worker.synth import Synthesizer
 
 log = logging.getLogger(__name__)
 
 _parent: dict[str, Any] = {}
 
 
-def start_parent(*, worker: str, pushgateway_url: str, engine: str) -> None:
-    """Parent metrics and janitor; called once the worker is ready (after the pool forked)."""
-    metrics = WorkerMetrics(engine=engine)
+def start_parent(
+    *, worker: str, pushgateway_url: str, engine: Synthesizer, load_seconds: float
+) -> None:
+    """Parent metrics and janitor; called once the worker is ready (after the pool forked).
+    The parent loaded the engine (engine_host.preload), so its group reports the load time."""
+    metrics = WorkerMetrics(engine=engine.name)
+    version = getattr(engine, "version", engine.model_id)
+    metrics.set_info(model=engine.model_id, version=str(version), load_seconds=load_seconds)
     _parent.update(pid=os.getpid(), metrics=metrics)
     if pushgateway_url:
         pusher = BackgroundPusher(

@@ -40,7 +40,8 @@ def _start_parent(sender: Any, **_: Any) -> None:
     consumer.start_parent(
         worker=runtime.worker_name(),
         pushgateway_url=settings.pushgateway_url,
-        engine=settings.engine,
+        engine=engine_host.current(),
+        load_seconds=engine_host.load_seconds(),
     )
 
 
