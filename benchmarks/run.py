@@ -1,0 +1,31 @@
+"""`make bench`: every benchmark, one after the other; each writes JSON into bench-results/ and
+prints a one-line summary. Figures, not tests.
+
+    python -m benchmarks.run [--skip-cosyvoice]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--skip-cosyvoice", action="store_true", help="skip the full-size CosyVoice run (minutes)"
+    )
+    args = parser.parse_args()
+    runs = [["benchmarks.pipeline_bench", "--out", "bench-results/pipeline.json"]]
+    if not args.skip_cosyvoice:
+        runs.append(["benchmarks.cosyvoice_bench", "--out", "bench-results/cosyvoice.json"])
+    failed = 0
+    for module, *rest in runs:
+        # One interpreter per benchmark: import times and peak RSS are its own.
+        failed |= subprocess.run([sys.executable, "-m", module, *rest], check=False).returncode
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
