@@ -246,7 +246,6 @@ def test_killed_worker_node_jobs_come_back_after_the_visibility_timeout(
         f" node B tts_tasks_total {sum(per_process.values()):.0f}"
     )
     assert [r.status for r in results] == ["succeeded"] * len(bodies)
-    assert {r.job_id for r in results if r.attempts and r.attempts > 1} >= set(lost_jobs)
     assert all(delay >= visibility for delay in delays.values())
     assert all(tries[j] == 2 for j in lost_jobs)
     assert counts(settings, "node-kill") == {"succeeded": len(bodies)}
