@@ -185,15 +185,18 @@ def test_killed_worker_node_jobs_come_back_after_the_visibility_timeout(
     settings: Settings, workers: Any, tmp_path: Path
 ) -> None:
     visibility = 10
+    # Coherent test-sized limits: the longest job (6 + 1 s) and retry wait (1.2 s) stay below
+    # the visibility timeout, as Settings.from_env insists.
+    limits: dict[str, Any] = {
+        "visibility_timeout": visibility,
+        "task_time_base_seconds": 6.0,
+        "task_time_per_char_seconds": 0.0,
+        "task_time_grace_seconds": 1.0,
+    }
     markers = marker_dir(tmp_path)
-    node_a = workers.start(
-        concurrency=2,
-        fake_delay=5.0,
-        fake_marker_dir=str(markers),
-        visibility_timeout=visibility,
-    )
+    node_a = workers.start(concurrency=2, fake_delay=5.0, fake_marker_dir=str(markers), **limits)
     bodies = texts(6, "Node kill")
-    batch = submit(settings, bodies, batch_id="node-kill", visibility_timeout=visibility)
+    batch = submit(settings, bodies, batch_id="node-kill", **limits)
 
     in_flight = wait_until(
         lambda: (m := read_markers(markers)) and len(m) == 2 and m,
@@ -211,9 +214,7 @@ def test_killed_worker_node_jobs_come_back_after_the_visibility_timeout(
     )
     assert batch.progress().succeeded == 0
 
-    node_b = workers.start(
-        concurrency=2, fake_delay=0.2, fake_marker_dir=str(markers), visibility_timeout=visibility
-    )
+    node_b = workers.start(concurrency=2, fake_delay=0.2, fake_marker_dir=str(markers), **limits)
     lost_jobs = {job_of(batch, m.text): m for m in in_flight}
     came_back: dict[str, float] = {}
     state = BatchState(redis.Redis.from_url(settings.broker_url), "node-kill", ttl_seconds=60)
