@@ -225,7 +225,7 @@ def test_killed_worker_node_jobs_come_back_after_the_visibility_timeout(
                 came_back[job_id] = time.time()
         return batch.progress().done
 
-    wait_until(all_done, timeout=90, interval=0.2, what="every job done")
+    wait_until(all_done, timeout=60, interval=0.2, what="every job done")
     results = list(batch.results())
     delays = {j: round(came_back[j] - lost_jobs[j].started, 1) for j in lost_jobs}
     per_process = wait_until(
@@ -247,7 +247,8 @@ def test_killed_worker_node_jobs_come_back_after_the_visibility_timeout(
         f" node B tts_tasks_total {sum(per_process.values()):.0f}"
     )
     assert [r.status for r in results] == ["succeeded"] * len(bodies)
-    assert all(delay >= visibility for delay in delays.values())
+    # Not before the timeout; and soon after it (kombu's default sweep would take ~100 s).
+    assert all(visibility <= delay < visibility + 10 for delay in delays.values())
     assert all(tries[j] == 2 for j in lost_jobs)
     assert counts(settings, "node-kill") == {"succeeded": len(bodies)}
     progress = batch.progress()
@@ -394,6 +395,31 @@ def test_clean_redis_restart_mid_batch_loses_nothing(
     )
     assert [r.status for r in results] == ["succeeded"] * len(bodies)
     assert counts(settings, "redis-restart") == {"succeeded": len(bodies)}
+
+
+def test_redis_outage_longer_than_client_retries_loses_nothing(
+    settings: Settings, stack: Any, workers: Any
+) -> None:
+    outage = 8.0
+    node = workers.start(concurrency=2, fake_delay=0.3)
+    bodies = texts(20, "Redis outage")
+    batch = submit(settings, bodies, batch_id="redis-outage")
+    wait_until(lambda: batch.progress().succeeded >= 3, timeout=30, what="3 jobs done")
+    done_before = batch.progress().succeeded
+    try:
+        stack.stop("redis")
+        wait_on_time(outage)
+    finally:
+        stack.start("redis")
+    results = batch.wait(timeout=90)
+    print(
+        f"\n[redis outage] {done_before} of {len(bodies)} done, Redis stopped {outage:.0f} s;"
+        f" outcomes {[r.status for r in results]}; counts {counts(settings, 'redis-outage')};"
+        f" deliveries {sorted(attempts(settings, 'redis-outage').values())}"
+    )
+    assert [r.status for r in results] == ["succeeded"] * len(bodies)
+    assert counts(settings, "redis-outage") == {"succeeded": len(bodies)}
+    assert node.pid
 
 
 def test_redis_sigkill_under_appendfsync_everysec(settings: Settings, stack: Any) -> None:

@@ -11,6 +11,8 @@ import socket
 import time
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from producer.errors import StorageError
 from producer.settings import Settings
@@ -53,7 +55,7 @@ def build_context(
     version = getattr(engine, "version", engine.model_id)
     metrics.set_info(model=engine.model_id, version=str(version), load_seconds=load_seconds)
     name = worker_name()
-    client = redis.Redis.from_url(settings.results_url)
+    client = redis.Redis.from_url(settings.results_url, retry=_redis_retry())
     ctx = WorkerContext(
         settings=settings,
         engine=engine,
@@ -70,6 +72,13 @@ def build_context(
         ).start()
         pusher.notify()
     return ctx, pusher
+
+
+def _redis_retry() -> Retry:
+    # redis-py gives up after ~4 s; a job that has made its audio must still record its
+    # outcome across a Redis restart or failover, so ride out ~60 s (0.5, 1, 2, 4, then 5 s
+    # apart). Recording is idempotent (written once per job), so a repeated command is safe.
+    return Retry(ExponentialBackoff(cap=5.0, base=0.5), 15)
 
 
 def start_process(settings: Settings | None = None) -> WorkerContext:
