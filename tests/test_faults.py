@@ -85,29 +85,29 @@ def submit(
     return producer.submit_batch(rows, batch_id=batch_id)
 
 
+def row_of(text: str) -> str:
+    """The row id `submit` gave a text made by `texts` (its number, prefixed by r)."""
+    return "r" + text.rsplit(" ", 1)[1].rstrip(".")
+
+
 def job_of(batch: BatchHandle, text: str) -> str:
-    for result in batch.results():
-        if result.row_id == f"r{_index_of(batch, text)}":
-            return result.job_id
-    raise KeyError(text)
+    return next(r.job_id for r in batch.results() if r.row_id == row_of(text))
 
 
-def _index_of(batch: BatchHandle, text: str) -> int:
-    return int(text.rsplit(" ", 1)[1].rstrip("."))
+def _batch_hash(settings: Settings, batch_id: str, part: str) -> dict[str, int]:
+    client = redis.Redis.from_url(settings.broker_url, decode_responses=True)
+    raw = client.hgetall(BatchState(client, batch_id, ttl_seconds=60).key(part))
+    return {str(k): int(v) for k, v in raw.items()}
 
 
 def attempts(settings: Settings, batch_id: str) -> dict[str, int]:
     """Deliveries started per job id (the batch's attempts hash)."""
-    client = redis.Redis.from_url(settings.broker_url)
-    raw = client.hgetall(BatchState(client, batch_id, ttl_seconds=60).key("attempts"))
-    return {k.decode(): int(v) for k, v in raw.items()}
+    return _batch_hash(settings, batch_id, "attempts")
 
 
 def counts(settings: Settings, batch_id: str) -> dict[str, int]:
     """The batch's outcome counters, as stored (each job must be counted once)."""
-    client = redis.Redis.from_url(settings.broker_url)
-    raw = client.hgetall(BatchState(client, batch_id, ttl_seconds=60).key("counts"))
-    return {k.decode(): int(v) for k, v in raw.items()}
+    return _batch_hash(settings, batch_id, "counts")
 
 
 def assert_valid_object(store: AudioStore, result: JobResult, text: str) -> None:
@@ -598,7 +598,7 @@ def test_graceful_shutdown_finishes_the_job_in_hand(
         f"rest: outcomes {[r.status for r in results]}, synthesis starts {len(starts)}, counts "
         f"{counts(settings, 'shutdown')}"
     )
-    assert [r.row_id for r in done] == [f"r{_index_of(batch, in_hand.text)}"]
+    assert [r.row_id for r in done] == [row_of(in_hand.text)]
     assert done[0].status == "succeeded"
     assert queued == len(bodies) - 1
     assert [r.status for r in results] == ["succeeded"] * len(bodies)
