@@ -76,8 +76,8 @@ def build_context(
 
 def _redis_retry() -> Retry:
     # redis-py gives up after ~4 s; a job that has made its audio must still record its
-    # outcome across a Redis restart or failover, so ride out ~60 s (0.5, 1, 2, 4, then 5 s
-    # apart). Recording is idempotent (written once per job), so a repeated command is safe.
+    # outcome across a Redis restart or failover, so ride out ~67 s (1, 2, 4, then 5 s apart;
+    # measured). Recording is idempotent (written once per job), so a repeated command is safe.
     return Retry(ExponentialBackoff(cap=5.0, base=0.5), 15)
 
 
