@@ -27,7 +27,16 @@ task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
 # Above the longest allowed job (settings.visibility_timeout_seconds), or a slow job would be
 # handed to a second worker while the first still runs it.
-broker_transport_options = {"visibility_timeout": _settings.visibility_timeout_seconds}
+_visibility = _settings.visibility_timeout_seconds
+# kombu's Redis transport re-queues a lost worker's unacked jobs only from a live consumer's
+# periodic sweep, by default every 10 s but scanning on every 10th call only (~100 s): sweep
+# every few seconds instead, so that such a job comes back within the visibility timeout plus
+# one interval. A sweep is one ZRANGE on the unacked index.
+broker_transport_options = {
+    "visibility_timeout": _visibility,
+    "unacked_restore_interval": min(10, max(1, _visibility // 4)),
+    "unacked_restore_throttle": 1,
+}
 result_backend_transport_options = {"visibility_timeout": _settings.visibility_timeout_seconds}
 result_expires = 24 * 3600
 result_extended = True

@@ -30,6 +30,9 @@ LOCAL_PORTS = {
     "flower": 15555,
 }
 
+# The longest pause before a retry, before jitter (worker.retry caps its backoff here).
+RETRY_CAP_SECONDS = 120.0
+
 
 def _default_stack_dir() -> str:
     return str(Path.cwd() / ".tts-stack")
@@ -84,15 +87,28 @@ class Settings:
     fake_marker_dir: str = ""
 
     @property
-    def visibility_timeout_seconds(self) -> int:
-        if self.visibility_timeout:
-            return self.visibility_timeout
-        longest = (
+    def longest_job_seconds(self) -> float:
+        """The hard time limit of a job of `max_chars` characters."""
+        return (
             self.task_time_base_seconds
             + self.task_time_per_char_seconds * self.max_chars
             + self.task_time_grace_seconds
         )
-        return int(longest * 1.25) + 60
+
+    @property
+    def longest_retry_wait_seconds(self) -> float:
+        """The longest countdown before a retry: a worker holds the retried message, unacked,
+        that long before running it (worker.retry: capped backoff times at most 1.5 jitter)."""
+        if not self.max_retries:
+            return 0.0
+        backoff = self.retry_base_seconds * 2.0 ** (self.max_retries - 1)
+        return min(RETRY_CAP_SECONDS, backoff) * 1.5
+
+    @property
+    def visibility_timeout_seconds(self) -> int:
+        if self.visibility_timeout:
+            return self.visibility_timeout
+        return int(self.longest_job_seconds * 1.25 + self.longest_retry_wait_seconds) + 60
 
     @property
     def results_url(self) -> str:
@@ -109,6 +125,7 @@ class Settings:
                 continue
             values[f.name] = _parse(f.name, raw, type_name=str(f.type))
         settings = cls(**values)  # type: ignore[arg-type]
+        _check_visibility_timeout(settings)
         if not settings.s3_access_key or not settings.s3_secret_key:
             settings = _with_stack_credentials(settings)
         return settings
@@ -126,6 +143,17 @@ class Settings:
                 text = str(value)
             env["TTS_" + f.name.upper()] = text
         return env
+
+
+def _check_visibility_timeout(settings: Settings) -> None:
+    # Below the longest job (or retry wait) the broker hands a job that still runs, or waits
+    # for its retry, to a second worker: every slow job would run twice.
+    needed = settings.longest_job_seconds + settings.longest_retry_wait_seconds
+    if settings.visibility_timeout and settings.visibility_timeout <= needed:
+        raise ConfigError(
+            f"TTS_VISIBILITY_TIMEOUT: {settings.visibility_timeout} s is not above the longest "
+            f"allowed job plus retry wait ({needed:.0f} s); raise it, or set 0 to derive it"
+        )
 
 
 def _lookup(env: Mapping[str, str], name: str) -> str | None:

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import random
 
+from producer.settings import RETRY_CAP_SECONDS
+
 
 def backoff_seconds(
-    retries: int, *, base: float = 2.0, cap: float = 120.0, rng: random.Random | None = None
+    retries: int,
+    *,
+    base: float = 2.0,
+    cap: float = RETRY_CAP_SECONDS,
+    rng: random.Random | None = None,
 ) -> float:
     """Delay before retry number `retries + 1`: base * 2^retries, capped, times a jitter in
     [0.5, 1.5) so that jobs failing together do not retry together."""

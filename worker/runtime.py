@@ -10,6 +10,9 @@ import os
 import socket
 import time
 
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
 from producer.errors import StorageError
 from producer.redis_conn import connect
 from producer.settings import Settings
@@ -52,7 +55,7 @@ def build_context(
     version = getattr(engine, "version", engine.model_id)
     metrics.set_info(model=engine.model_id, version=str(version), load_seconds=load_seconds)
     name = worker_name()
-    client = connect(settings)
+    client = connect(settings, retry=_redis_retry())
     ctx = WorkerContext(
         settings=settings,
         engine=engine,
@@ -69,6 +72,13 @@ def build_context(
         ).start()
         pusher.notify()
     return ctx, pusher
+
+
+def _redis_retry() -> Retry:
+    # redis-py gives up after ~4 s; a job that has made its audio must still record its
+    # outcome across a Redis restart or failover, so ride out ~67 s (1, 2, 4, then 5 s apart;
+    # measured). Recording is idempotent (written once per job), so a repeated command is safe.
+    return Retry(ExponentialBackoff(cap=5.0, base=0.5), 15)
 
 
 def start_process(
