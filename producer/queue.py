@@ -23,7 +23,11 @@ def time_limits(settings: Settings, text_chars: int) -> tuple[float, float]:
 
 
 def client_app(settings: Settings) -> Celery:
-    app = Celery("tts_batch_producer", broker=settings.broker_url, backend=settings.results_url)
+    # No result backend: the producer reads outcomes from the batch state. With the Redis one,
+    # every send_task SUBSCRIBEs to that task's result channel (Celery's async result
+    # consumer): 100,000 jobs meant 100,000 subscriptions held by the producer and by Redis.
+    # The workers still store results with their own backend (celeryconfig).
+    app = Celery("tts_batch_producer", broker=settings.broker_url)
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],

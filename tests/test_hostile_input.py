@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 import redis
 import soundfile as sf
+from celery import Celery
 
 from producer.api import Producer
 from producer.batch_state import BatchState
@@ -279,13 +280,14 @@ def test_worker_fails_hostile_messages_and_the_same_process_goes_on(
     assert all(good_batch.result(j)["status"] in ("succeeded", "cached") for j in goods)  # type: ignore[index]
 
     # Each hostile message: a permanent failure with its reason, in that same process.
-    results = app.backend
+    # The producer's client has no result backend; read Celery's results with one.
+    results = Celery("hostile-results", backend=settings.results_url)
     for item in sent:
         if item.pre_task:
             continue
         if item.job_id is None:
             state = wait_until(
-                lambda i=item: app.AsyncResult(i.task_id, backend=results).state == "FAILURE",
+                lambda i=item: results.AsyncResult(i.task_id).state == "FAILURE",
                 timeout=30,
                 what=f"{item.name} failed",
             )
