@@ -15,6 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import redis
+
+from producer.contract import TASK_NAME
+from producer.queue import QUEUE, client_app
+
 GOOD_ROW: dict[str, Any] = {
     "id": "bad",
     "text": "Mind the gap.",
@@ -274,6 +279,17 @@ GOOD_FILES: list[tuple[str, bytes, str, int]] = [
 
 
 # ---- raw broker messages -----------------------------------------------------------------
+
+
+def capture_envelope(settings: Any) -> dict[str, Any]:
+    """A real kombu envelope of a good task, taken back off the list before any worker runs."""
+    r = redis.Redis.from_url(settings.broker_url)
+    message = good_message(job_id="template", batch_id="template")
+    client_app(settings).send_task(TASK_NAME, args=[message], task_id=str(uuid.uuid4()))
+    raw = r.rpop(QUEUE)
+    assert raw is not None
+    envelope: dict[str, Any] = json.loads(raw)
+    return envelope
 
 
 class _Tripwire:

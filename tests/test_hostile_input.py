@@ -44,6 +44,7 @@ from tests.hostile_corpus import (
     Bad,
     BadFile,
     apply,
+    capture_envelope,
     good_message,
     raw_variants,
     worker_only_messages,
@@ -183,17 +184,6 @@ class Sent:
     batch_id: str = ""
     field: str | None = None
     pre_task: bool = False  # dropped by the Celery parent before any task code
-
-
-def capture_envelope(settings: Settings) -> dict[str, Any]:
-    """A real kombu envelope of a good task, taken back off the list before any worker runs."""
-    r = redis.Redis.from_url(settings.broker_url)
-    message = good_message(job_id="template", batch_id="template")
-    client_app(settings).send_task(TASK_NAME, args=[message], task_id=str(uuid.uuid4()))
-    raw = r.rpop(QUEUE)
-    assert raw is not None
-    envelope: dict[str, Any] = json.loads(raw)
-    return envelope
 
 
 def errors_by_process(url: str, worker: str) -> dict[str, Counter[str]]:
