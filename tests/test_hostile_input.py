@@ -357,3 +357,20 @@ def test_markup_is_spoken_as_text_with_espeak(settings: Settings, workers: Any) 
     assert seconds["ssml"] < 15, seconds
     assert seconds["ssml"] > seconds["plain"], seconds
     print("espeak durations:", {k: round(v, 2) for k, v in seconds.items()})
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known limit (docs/security.md): kombu's Redis transport raises on a list item that "
+    "is not a kombu envelope, in the worker's event loop, and the node stops",
+)
+def test_a_list_item_that_is_not_an_envelope_does_not_stop_the_worker(
+    settings: Settings, workers: Any
+) -> None:
+    node = workers.start(concurrency=1)
+    redis.Redis.from_url(settings.broker_url).lpush(QUEUE, b"\xff not a kombu envelope {")
+    after = Producer(settings).submit("After the garbage.", speaker="英文女", job_id="garbage")
+    try:
+        assert after.wait(timeout=20).ok
+    finally:
+        print(node.log_text()[-600:])
