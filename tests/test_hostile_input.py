@@ -291,7 +291,7 @@ def test_worker_fails_hostile_messages_and_the_same_process_goes_on(
             continue
         assert (record["status"], record["reason"]) == ("failed", item.reason), (item.name, record)
         assert record["attempts"] == 1, item.name
-        if item.field and item.field in record["error"]:
+        if item.field:
             assert f"field '{item.field}'" in record["error"], (item.name, record["error"])
     assert not tripwire.exists(), "a pickled body was loaded"
 
@@ -315,10 +315,18 @@ def test_worker_fails_hostile_messages_and_the_same_process_goes_on(
             f"{node.pid}; got {errors_by_process(url, node.hostname)}"
         ) from None
     assert set(groups) == {str(pid), str(node.pid)}
-    tasks = tasks_of(url, node.hostname, str(pid))
+    # Each job's outcome counted once (the last pushes may still be on their way).
     accepted = sum(1 for i in sent if i.reason is None)
-    assert tasks["failed"] == sum(expected_task.values())
-    assert tasks["succeeded"] + tasks["cached"] == len(goods) + accepted
+    expected_outcomes = (sum(expected_task.values()), len(goods) + accepted)
+
+    def outcomes() -> tuple[int, int]:
+        tasks = tasks_of(url, node.hostname, str(pid))
+        return tasks["failed"], tasks["succeeded"] + tasks["cached"]
+
+    try:
+        wait_until(lambda: outcomes() == expected_outcomes, timeout=30, what="outcomes")
+    except AssertionError:
+        raise AssertionError(f"(failed, ok) {outcomes()} != {expected_outcomes}") from None
 
     log = node.log_text()
     for sign in ("Unrecoverable error", "WorkerLostError", "exited with"):

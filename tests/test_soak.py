@@ -88,11 +88,14 @@ def test_soak_10k_jobs_two_processes(settings: Settings, workers: Any) -> None:
     results = batch.wait(timeout=10)
     keys = {res.key for res in results}
     assert len(keys) == JOBS and None not in keys
-    # Nothing duplicated: one start per job (no retries happened), one object per key.
+    # Nothing duplicated: each job started as often as it was tried (1, unless a transient
+    # error scheduled a retry), never redelivered behind the worker's back; one object per key.
     state = BatchState(r, batch.batch_id, ttl_seconds=settings.batch_ttl_seconds)
-    attempts = Counter(int(v) for v in r.hvals(state.key("attempts")))
-    assert attempts == Counter({1: JOBS}), attempts
-    assert all(res.attempts == 1 for res in results)
+    starts = {k.decode(): int(v) for k, v in r.hgetall(state.key("attempts")).items()}
+    assert len(starts) == JOBS
+    assert all(starts[res.job_id] == res.attempts for res in results)
+    retried = sum(1 for res in results if (res.attempts or 1) > 1)
+    print(f"jobs started more than once: {retried} (all of them retries)")
     assert bucket_keys(AudioStore.from_settings(settings)) == keys
     url, worker = settings.pushgateway_url, node.hostname
     wait_until(
