@@ -28,7 +28,7 @@ from celery import Celery
 
 from producer.api import Producer
 from producer.batch_state import BatchState
-from producer.contract import TASK_NAME
+from producer.contract import TASK_NAME, parse_message
 from producer.errors import ERROR_REASONS, InvalidBatch
 from producer.queue import QUEUE, client_app
 from producer.settings import Settings
@@ -67,6 +67,14 @@ def test_the_corpus_is_big_enough() -> None:
     assert len(BAD_ROWS) + len(BAD_FILES) >= 40
     assert {case.reason for case in BAD_ROWS} <= set(ERROR_REASONS)
     assert len({case.name for case in BAD_ROWS}) == len(BAD_ROWS)
+
+
+@pytest.mark.parametrize("value", list(ACCEPTED_MESSAGE_ONLY), ids=str)
+def test_a_hostile_enqueued_at_is_ignored(value: str) -> None:
+    # Neither a crash (float(10**400) overflows) nor a NaN in the queue-wait histogram's sum.
+    message = apply(good_message(job_id="j", batch_id="b"), ACCEPTED_MESSAGE_ONLY[value])
+    parsed = parse_message(message, speakers=("英文女",), max_chars=500)
+    assert parsed.enqueued_at is None
 
 
 # ---- producer -------------------------------------------------------------------------------

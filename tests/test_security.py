@@ -22,7 +22,7 @@ from producer.contract import object_key
 from producer.errors import ERROR_REASONS, InvalidBatch, InvalidJob
 from producer.localstack import LocalStack
 from producer.queue import QUEUE, client_app
-from producer.settings import Settings
+from producer.settings import Settings, mask_url
 from producer.storage import AudioStore
 from tests.helpers import make_settings, pushgateway_samples, wait_until
 from tests.hostile_corpus import capture_envelope, good_message, raw_variants
@@ -214,6 +214,19 @@ def test_settings_repr_hides_passwords() -> None:
     for secret in ("hunter2-redis-password", "s3-secret-value-example"):
         assert secret not in text
     assert "rediss://:***@redis.example:6380/0" in text
+
+
+@pytest.mark.parametrize(
+    "url,shown",
+    [
+        ("redis://:pw@h:6379/0", "redis://:***@h:6379/0"),
+        ("rediss://user:pw@h/1", "rediss://user:***@h/1"),
+        ("redis://h:6379/0", "redis://h:6379/0"),
+        ("http://127.0.0.1:9091", "http://127.0.0.1:9091"),
+    ],
+)
+def test_mask_url(url: str, shown: str) -> None:
+    assert mask_url(url) == shown
 
 
 def test_metric_labels_are_bounded(settings: Settings, workers: Any) -> None:
