@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import unicodedata
 import uuid
@@ -190,12 +191,24 @@ def parse_message(
     job_id = validate_row_id(message.get("job_id"), field="job_id")
     batch_id = validate_row_id(message.get("batch_id"), field="batch_id")
     spec = validate_spec(message, speakers=speakers, max_chars=max_chars)
-    enqueued_at = message.get("enqueued_at")
-    if not isinstance(enqueued_at, int | float) or isinstance(enqueued_at, bool):
-        enqueued_at = None
     return JobMessage(
-        job_id=job_id, batch_id=batch_id, spec=spec, enqueued_at=float(enqueued_at or 0) or None
+        job_id=job_id,
+        batch_id=batch_id,
+        spec=spec,
+        enqueued_at=_timestamp(message.get("enqueued_at")),
     )
+
+
+def _timestamp(value: Any) -> float | None:
+    """A positive, finite epoch time, else None: a hostile enqueued_at (10**400, NaN) must
+    neither crash the task nor poison the queue-wait histogram's sum."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    try:
+        seconds = float(value)
+    except OverflowError:
+        return None
+    return seconds if math.isfinite(seconds) and seconds > 0 else None
 
 
 def _type_name(value: Any) -> str:
@@ -203,7 +216,11 @@ def _type_name(value: Any) -> str:
 
 
 def _short(value: Any, limit: int = 40) -> str:
-    text = repr(value)
+    try:
+        text = repr(value)
+    except ValueError:
+        # An int of more than 4300 digits has no repr (Python's limit against slow str()).
+        return f"<{_type_name(value)} too large to show>"
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

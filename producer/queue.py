@@ -24,16 +24,15 @@ def time_limits(settings: Settings, text_chars: int) -> tuple[float, float]:
 
 
 def client_app(settings: Settings) -> Celery:
-    app = Celery("tts_batch_producer", broker=settings.broker_url, backend=settings.results_url)
-    broker_ssl = celery_tls_options(settings, settings.broker_url)
-    backend_ssl = celery_tls_options(settings, settings.results_url)
+    # No result backend: the producer reads outcomes from the batch state. With the Redis one,
+    # every send_task SUBSCRIBEs to that task's result channel (Celery's async result
+    # consumer): 100,000 jobs meant 100,000 subscriptions held by the producer and by Redis.
+    # The workers still store results with their own backend (celeryconfig).
+    app = Celery("tts_batch_producer", broker=settings.broker_url)
     app.conf.update(
-        broker_use_ssl=broker_ssl,
-        redis_backend_use_ssl=backend_ssl,
+        broker_use_ssl=celery_tls_options(settings, settings.broker_url),
         task_serializer="json",
         accept_content=["json"],
-        result_serializer="json",
-        result_accept_content=["json"],
         task_default_queue=QUEUE,
         broker_transport_options={"visibility_timeout": settings.visibility_timeout_seconds},
         broker_connection_retry_on_startup=True,

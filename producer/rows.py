@@ -71,6 +71,13 @@ def _read_jsonl(path: Path) -> Iterator[Row]:
             except json.JSONDecodeError as exc:
                 yield line_no, InvalidJob(f"not valid JSON: {exc.msg}", row=line_no, field="line")
                 continue
+            except (ValueError, RecursionError) as exc:
+                # Valid JSON that Python will not load: an int of more than 4300 digits, or
+                # nesting deeper than the recursion limit.
+                problem = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+                error = InvalidJob(f"not loadable: {problem[:80]}", row=line_no, field="line")
+                yield line_no, error
+                continue
             if not isinstance(value, dict):
                 yield (
                     line_no,
@@ -93,7 +100,8 @@ def _read_csv(path: Path) -> Iterator[Row]:
         except StopIteration:
             raise InvalidBatch(f"{path}: the file is empty") from None
         except UnicodeDecodeError:
-            raise InvalidBatch(f"{path}: the header is not valid UTF-8") from None
+            # The text stream decodes ahead in chunks: the bad byte may be lines further on.
+            raise InvalidBatch(_utf8_error(path)) from None
         names = [name.strip().lower() for name in header]
         missing = [name for name in REQUIRED_FIELDS if name not in names]
         if missing:
@@ -110,9 +118,7 @@ def _read_csv(path: Path) -> Iterator[Row]:
                 return
             except UnicodeDecodeError:
                 # A text stream cannot resume after a decoding error: the file is refused.
-                raise InvalidBatch(
-                    f"{path}: not valid UTF-8 after line {reader.line_num}"
-                ) from None
+                raise InvalidBatch(_utf8_error(path)) from None
             except csv.Error as exc:
                 yield reader.line_num, InvalidJob(str(exc), row=reader.line_num, field="line")
                 continue
@@ -129,3 +135,14 @@ def _read_csv(path: Path) -> Iterator[Row]:
                 )
                 continue
             yield reader.line_num, dict(zip(names, cells, strict=True))
+
+
+def _utf8_error(path: Path) -> str:
+    """Which line of a file is not UTF-8 (read again, on the error path only)."""
+    with path.open("rb") as handle:
+        for line_no, raw in enumerate(handle, start=1):
+            try:
+                raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                return f"{path}: line {line_no} is not valid UTF-8 (byte {exc.start + 1})"
+    return f"{path}: not valid UTF-8"

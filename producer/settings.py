@@ -13,6 +13,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from producer.errors import ConfigError
 
@@ -114,6 +115,18 @@ class Settings:
     def results_url(self) -> str:
         return self.result_backend or self.broker_url
 
+    def __repr__(self) -> str:
+        # Settings end up in tracebacks and test reports: no password of a URL in them (keys
+        # are left out by repr=False).
+        shown = []
+        for f in fields(self):
+            if f.repr:
+                value = getattr(self, f.name)
+                if isinstance(value, str) and "://" in value:
+                    value = mask_url(value)
+                shown.append(f"{f.name}={value!r}")
+        return f"Settings({', '.join(shown)})"
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Build settings from `TTS_*` variables (and `TTS_*_FILE` for secrets)."""
@@ -154,6 +167,15 @@ def _check_visibility_timeout(settings: Settings) -> None:
             f"TTS_VISIBILITY_TIMEOUT: {settings.visibility_timeout} s is not above the longest "
             f"allowed job plus retry wait ({needed:.0f} s); raise it, or set 0 to derive it"
         )
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password, if any, replaced by ***."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
 def _lookup(env: Mapping[str, str], name: str) -> str | None:

@@ -367,12 +367,22 @@ def test_s3_outage_of_20_seconds_is_ridden_out_by_retries(
 # -- 5. Redis restarted, and what a SIGKILL of Redis loses -------------------------------------
 
 
+# A message taken, or being acked, just as Redis goes away stays in the unacked set until the
+# visibility timeout: coherent test-sized limits make that wait 10 s instead of an hour.
+SHORT_VISIBILITY: dict[str, Any] = {
+    "visibility_timeout": 10,
+    "task_time_base_seconds": 6.0,
+    "task_time_per_char_seconds": 0.0,
+    "task_time_grace_seconds": 1.0,
+}
+
+
 def test_clean_redis_restart_mid_batch_loses_nothing(
     settings: Settings, stack: Any, workers: Any
 ) -> None:
-    node = workers.start(concurrency=2, fake_delay=0.3)
+    node = workers.start(concurrency=2, fake_delay=0.3, **SHORT_VISIBILITY)
     bodies = texts(20, "Redis restart")
-    batch = submit(settings, bodies, batch_id="redis-restart")
+    batch = submit(settings, bodies, batch_id="redis-restart", **SHORT_VISIBILITY)
     wait_until(lambda: batch.progress().succeeded >= 3, timeout=30, what="3 jobs done")
     done_before = batch.progress().succeeded
     started = time.monotonic()
@@ -401,9 +411,9 @@ def test_redis_outage_longer_than_client_retries_loses_nothing(
     settings: Settings, stack: Any, workers: Any
 ) -> None:
     outage = 8.0
-    node = workers.start(concurrency=2, fake_delay=0.3)
+    node = workers.start(concurrency=2, fake_delay=0.3, **SHORT_VISIBILITY)
     bodies = texts(20, "Redis outage")
-    batch = submit(settings, bodies, batch_id="redis-outage")
+    batch = submit(settings, bodies, batch_id="redis-outage", **SHORT_VISIBILITY)
     wait_until(lambda: batch.progress().succeeded >= 3, timeout=30, what="3 jobs done")
     done_before = batch.progress().succeeded
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 from celery.worker.consumer import Consumer
@@ -65,6 +66,23 @@ def count_bad_message() -> None:
 
 class CountingConsumer(Consumer):  # type: ignore[misc]
     """Celery's consumer, counting the messages it has to drop before any task runs."""
+
+    def create_task_handler(self, *args: Any, **kwargs: Any) -> Callable[[Any], Any]:
+        handler = super().create_task_handler(*args, **kwargs)
+        connection_errors = tuple(self.connection_errors or ())
+
+        def on_task_received(message: Any) -> Any:
+            try:
+                return handler(message)
+            except connection_errors:
+                raise
+            except Exception as exc:
+                # A body that is JSON but not a task's shape (`42`) raises TypeError inside
+                # Celery's strategy; unhandled, it stops the whole worker ("Unrecoverable
+                # error") and the restored message then stops the next one. Drop it instead.
+                return self.on_invalid_task(None, message, exc)
+
+        return on_task_received
 
     def on_decode_error(self, message: Any, exc: Exception) -> None:
         count_bad_message()

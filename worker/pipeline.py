@@ -9,6 +9,8 @@ TransientError for the caller to retry.
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -123,6 +125,8 @@ def _record(
         "cached": status == "cached",
         "engine": ctx.engine.name,
         "worker": ctx.worker_name,
+        # Which pool process ran it: tests prove a process survives hostile input.
+        "pid": os.getpid(),
         "attempts": attempt,
     }
     first = ctx.batch(job.batch_id).record(job.job_id, result)
@@ -157,13 +161,26 @@ def record_failure(
             "error": error[:500],
             "attempts": attempts,
             "worker": ctx.worker_name,
+            "pid": os.getpid(),
             # Kept so that `tts-batch retry` can enqueue the job again as it was.
-            "message": message if isinstance(message, dict) else None,
+            "message": _storable(message) if isinstance(message, dict) else None,
             "failed_at": time.time(),
         }
         first = ctx.batch(batch_id).record(job_id, record)
     if first:
         ctx.metrics.outcome("failed")
+
+
+def _storable(message: dict[str, Any]) -> dict[str, Any]:
+    """The message as JSON that encodes to UTF-8: a hostile one may hold lone surrogates
+    (valid in JSON as escapes, not in UTF-8), which Redis cannot take; they become '?'."""
+    text = json.dumps(message, ensure_ascii=False, default=str)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", errors="replace").decode("utf-8")
+    loaded: dict[str, Any] = json.loads(text)
+    return loaded
 
 
 def _ids(message: Any) -> tuple[str | None, str | None]:
