@@ -267,7 +267,9 @@ def _cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
 def _stack(settings: Settings) -> Any:
     from producer.localstack import LocalStack
 
-    return LocalStack.from_settings(settings)
+    # The developer stack's Redis gets a password too: nothing on the machine gets in without
+    # the credentials file.
+    return LocalStack.from_settings(settings, redis_password=True)
 
 
 def _cmd_up(args: argparse.Namespace, settings: Settings) -> int:

@@ -253,11 +253,12 @@ class LocalStack:
                 self._lock_depth -= 1
 
     def _creds(self, *, create: bool = True) -> StackCredentials:
-        # Inspecting or stopping a stack must not create a state folder where there is none.
+        # Inspecting or stopping a stack must not create a state folder where there is none,
+        # nor change its credentials (stop runs in parallel threads).
         if not create and not self.layout.credentials_file.exists():
             return StackCredentials("", "", "", "")
         return load_or_create_credentials(
-            self.layout.credentials_file, redis_password=self.redis_password
+            self.layout.credentials_file, redis_password=self.redis_password and create
         )
 
     def _context(self, creds: StackCredentials) -> ServiceContext:

@@ -13,7 +13,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from producer.errors import ConfigError
 
@@ -139,9 +139,7 @@ class Settings:
             values[f.name] = _parse(f.name, raw, type_name=str(f.type))
         settings = cls(**values)  # type: ignore[arg-type]
         _check_visibility_timeout(settings)
-        if not settings.s3_access_key or not settings.s3_secret_key:
-            settings = _with_stack_credentials(settings)
-        return settings
+        return _with_stack_credentials(settings, broker_given="broker_url" in values)
 
     def to_env(self) -> dict[str, str]:
         """The environment that reproduces these settings in a child process."""
@@ -221,14 +219,26 @@ def credentials_path(stack_dir: str) -> Path:
     return Path(stack_dir) / "credentials.json"
 
 
-def _with_stack_credentials(settings: Settings) -> Settings:
+def _with_stack_credentials(settings: Settings, *, broker_given: bool) -> Settings:
+    """Fill what the environment left out from the local stack's credentials file: the S3
+    keys, and the Redis password of the default (local stack) broker URL."""
+    if settings.s3_access_key and settings.s3_secret_key and broker_given:
+        return settings
     path = credentials_path(settings.stack_dir)
     try:
         creds = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return settings
+    broker_url = settings.broker_url
+    password = str(creds.get("redis_password") or "")
+    if password and not broker_given and urlsplit(broker_url).password is None:
+        parts = urlsplit(broker_url)
+        broker_url = urlunsplit(
+            parts._replace(netloc=f":{quote(password, safe='')}@{parts.netloc}")
+        )
     return _replace(
         settings,
+        broker_url=broker_url,
         s3_access_key=settings.s3_access_key or str(creds.get("access_key", "")),
         s3_secret_key=settings.s3_secret_key or str(creds.get("secret_key", "")),
     )

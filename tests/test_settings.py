@@ -77,3 +77,15 @@ def test_visibility_timeout_exceeds_longest_job() -> None:
         + settings.task_time_grace_seconds
     )
     assert settings.visibility_timeout_seconds > longest
+
+
+def test_stack_redis_password_goes_into_the_default_broker_url(tmp_path: Path) -> None:
+    credentials_path(str(tmp_path)).write_text(
+        json.dumps({"access_key": "a", "secret_key": "s", "redis_password": "p/w@1"})
+    )
+    settings = Settings.from_env({"TTS_STACK_DIR": str(tmp_path)})
+    assert settings.broker_url == "redis://:p%2Fw%401@127.0.0.1:16379/0"
+    assert "p%2Fw%401" not in repr(settings)
+    # A broker URL given by the environment is the user's: left as it is.
+    given = Settings.from_env({"TTS_STACK_DIR": str(tmp_path), "TTS_BROKER_URL": "redis://h/0"})
+    assert given.broker_url == "redis://h/0"
