@@ -377,7 +377,7 @@ def test_markup_is_spoken_as_text_with_espeak(settings: Settings, workers: Any) 
 
 @pytest.mark.xfail(
     strict=True,
-    reason="known limit (docs/security.md): kombu's Redis transport raises on a list item that "
+    reason="known limit (README, Security): kombu's Redis transport raises on a list item that "
     "is not a kombu envelope, in the worker's event loop, and the node stops",
 )
 def test_a_list_item_that_is_not_an_envelope_does_not_stop_the_worker(
