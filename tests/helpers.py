@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Callable
@@ -59,3 +62,18 @@ def tasks_by_process(url: str, worker: str | None = None) -> dict[str, float]:
             continue
         totals[labels["process"]] = totals.get(labels["process"], 0.0) + value
     return totals
+
+
+def run_cli(
+    settings: Settings, *args: str, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """`tts-batch ARGS` in a child process whose environment holds `settings`."""
+    env = {**os.environ, **settings.to_env()}
+    return subprocess.run(
+        [sys.executable, "-m", "producer.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )

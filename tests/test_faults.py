@@ -13,8 +13,6 @@ import io
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -34,7 +32,7 @@ from producer.batch_state import BatchState
 from producer.settings import Settings
 from producer.stack_procs import is_alive
 from producer.storage import AudioStore
-from tests.helpers import pushgateway_samples, tasks_by_process, wait_until
+from tests.helpers import pushgateway_samples, run_cli, tasks_by_process, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -130,18 +128,6 @@ def wait_on_time(seconds: float) -> None:
 def parent_of(pid: int) -> int:
     stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
     return int(stat.rsplit(")", 1)[-1].split()[1])
-
-
-def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, **settings.to_env()}
-    return subprocess.run(
-        [sys.executable, "-m", "producer.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 # -- 1. a pool process killed inside a synthesis -----------------------------------------------
@@ -307,7 +293,7 @@ def test_a_job_that_keeps_killing_its_worker_is_dead_lettered(
         results = batch.wait(timeout=90)
     by_row = {r.row_id: r for r in results}
     dead = by_row["r0"]
-    failed = cli(settings, "failed", "poison")
+    failed = run_cli(settings, "failed", "poison")
     listed = [json.loads(line) for line in failed.stdout.splitlines() if line.startswith("{")]
     print(
         f"\n[poison] killed {len(assassin.killed)} pool processes that started the poison text;"

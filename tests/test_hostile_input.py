@@ -13,8 +13,6 @@ import base64
 import io
 import json
 import os
-import subprocess
-import sys
 import uuid
 from collections import Counter
 from dataclasses import dataclass
@@ -33,7 +31,7 @@ from producer.errors import ERROR_REASONS, InvalidBatch
 from producer.queue import QUEUE, client_app
 from producer.settings import Settings
 from producer.storage import AudioStore
-from tests.helpers import pushgateway_samples, wait_until
+from tests.helpers import pushgateway_samples, run_cli, wait_until
 from tests.hostile_corpus import (
     ACCEPTED,
     ACCEPTED_MESSAGE_ONLY,
@@ -117,23 +115,11 @@ def test_producer_refuses_a_bad_file(settings: Settings, case: BadFile, tmp_path
     assert_nothing_enqueued(settings)
 
 
-def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, **settings.to_env()}
-    return subprocess.run(
-        [sys.executable, "-m", "producer.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
 def test_cli_refuses_bad_files_with_exit_code_2(settings: Settings, tmp_path: Path) -> None:
     for case in BAD_FILES:
         path = tmp_path / f"{case.name}{case.suffix}"
         path.write_bytes(case.content)
-        done = cli(settings, "submit", str(path))
+        done = run_cli(settings, "submit", str(path))
         assert done.returncode == 2, (case.name, done.stderr[-2000:])
         assert case.expect in done.stderr, (case.name, done.stderr[-2000:])
         assert "Traceback" not in done.stderr, case.name

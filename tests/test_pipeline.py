@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -20,7 +17,7 @@ from producer.api import Producer
 from producer.errors import InvalidBatch
 from producer.settings import Settings
 from producer.storage import AudioStore
-from tests.helpers import tasks_by_process, wait_until
+from tests.helpers import run_cli, tasks_by_process, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -165,18 +162,6 @@ def test_single_submit(settings: Settings, workers: Any) -> None:
     assert result.row_id == "one" and result.ok and result.audio_seconds
 
 
-def cli(settings: Settings, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, **settings.to_env()}
-    return subprocess.run(
-        [sys.executable, "-m", "producer.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
 def test_cli_submit_wait_manifest_status_fetch(
     settings: Settings, workers: Any, tmp_path: Path
 ) -> None:
@@ -187,7 +172,7 @@ def test_cli_submit_wait_manifest_status_fetch(
         encoding="utf-8",
     )
     manifest = tmp_path / "manifest.jsonl"
-    done = cli(
+    done = run_cli(
         settings,
         "submit",
         str(jobs),
@@ -203,7 +188,7 @@ def test_cli_submit_wait_manifest_status_fetch(
     assert [line["id"] for line in lines] == ["r0", "r1", "r2", "r3"]
     assert all(line["status"] == "succeeded" and line["uri"].startswith("s3://") for line in lines)
 
-    status = cli(settings, "status", "clibatch", "--json")
+    status = run_cli(settings, "status", "clibatch", "--json")
     assert status.returncode == 0
     assert json.loads(status.stdout) == {
         "batch_id": "clibatch",
@@ -214,7 +199,7 @@ def test_cli_submit_wait_manifest_status_fetch(
         "pending": 0,
     }
     out = tmp_path / "audio"
-    fetched = cli(settings, "fetch", "clibatch", "--to", str(out))
+    fetched = run_cli(settings, "fetch", "clibatch", "--to", str(out))
     assert fetched.returncode == 0, fetched.stderr
     assert sorted(p.name for p in out.iterdir()) == ["r0.wav", "r1.wav", "r2.wav", "r3.wav"]
     assert sf.info(str(out / "r0.wav")).samplerate == 16000
@@ -223,12 +208,12 @@ def test_cli_submit_wait_manifest_status_fetch(
 def test_cli_exit_codes_for_bad_input(settings: Settings, tmp_path: Path) -> None:
     bad = tmp_path / "bad.csv"
     bad.write_text("id,text,speaker\nok1,hello,英文女\nbad1,hello,nobody\n", encoding="utf-8")
-    refused = cli(settings, "submit", str(bad))
+    refused = run_cli(settings, "submit", str(bad))
     assert refused.returncode == 2
     assert "row 3, field 'speaker'" in refused.stderr
-    missing = cli(settings, "submit", str(tmp_path / "nope.csv"))
+    missing = run_cli(settings, "submit", str(tmp_path / "nope.csv"))
     assert missing.returncode == 2 and "no such file" in missing.stderr
-    usage = cli(settings, "submit")
+    usage = run_cli(settings, "submit")
     assert usage.returncode == 2
 
 
@@ -241,7 +226,7 @@ def test_cli_reports_failures_with_exit_code_1(
     jobs = tmp_path / "jobs.csv"
     jobs.write_text("id,text,speaker\na,hello,英文女\nb,hello,robot\n", encoding="utf-8")
     manifest = tmp_path / "m.jsonl"
-    done = cli(wide, "submit", str(jobs), "--wait", "--manifest", str(manifest))
+    done = run_cli(wide, "submit", str(jobs), "--wait", "--manifest", str(manifest))
     assert done.returncode == 1, done.stderr
     by_id = {line["id"]: line for line in map(json.loads, manifest.read_text().splitlines())}
     assert by_id["a"]["status"] == "succeeded"
@@ -263,7 +248,7 @@ def test_failed_jobs_are_listed_and_retried(settings: Settings, workers: Any) ->
     results = batch.wait(timeout=60)
     assert {(r.status, r.reason) for r in results} == {("failed", "timeout")}
 
-    listed = cli(settings, "failed", "slow")
+    listed = run_cli(settings, "failed", "slow")
     assert listed.returncode == 1
     lines = [json.loads(line) for line in listed.stdout.splitlines()]
     assert sorted(line["id"] for line in lines) == ["r0", "r1"]
@@ -272,7 +257,7 @@ def test_failed_jobs_are_listed_and_retried(settings: Settings, workers: Any) ->
     # With a worker that is fast enough, `retry` enqueues them again and they succeed.
     slow.stop()
     workers.start(concurrency=2)
-    retried = cli(settings, "retry", "slow")
+    retried = run_cli(settings, "retry", "slow")
     assert retried.returncode == 0 and retried.stdout.startswith("2 ")
     results = Producer(settings).batch("slow").wait(timeout=60)
     assert [r.status for r in results] == ["succeeded", "succeeded"]
