@@ -21,7 +21,7 @@ from celery.signals import (
 from producer.contract import TASK_NAME
 from producer.errors import InvalidJob, TransientError
 from producer.settings import Settings
-from worker import consumer, engine_host, runtime
+from worker import broker_guard, consumer, engine_host, runtime
 from worker.app import app
 from worker.pipeline import EngineFailure, WorkerContext, parse, record_failure, run_job
 from worker.retry import backoff_seconds
@@ -48,6 +48,11 @@ def _start_parent(sender: Any, **_: Any) -> None:
 @worker_shutdown.connect
 def _stop_parent(**_: Any) -> None:
     consumer.stop_parent()
+
+
+@worker_init.connect
+def _guard_broker(**_: Any) -> None:
+    broker_guard.install()
 
 
 @worker_init.connect
