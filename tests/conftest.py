@@ -9,6 +9,7 @@ processes, started on loopback ports of their own in a temporary folder and stop
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 from collections.abc import Iterator
@@ -46,19 +47,21 @@ def settings(stack: Any) -> Settings:
     return s
 
 
+_NODE_NUMBERS = itertools.count(1)
+
+
 class Workers:
     """Starts Celery worker nodes on the test stack with given settings; stops them by PID."""
 
     def __init__(self, stack: Any) -> None:
         self._stack = stack
         self._started: list[tuple[Any, str]] = []
-        self._count = 0
 
     def start(self, *, concurrency: int = 2, **changes: Any) -> WorkerNode:
         from producer.localstack import LocalStack
 
-        self._count += 1
-        name = f"worker-{os.getpid()}{self._count}"
+        # Unique for the whole session: a node's log file (named after it) is then its own.
+        name = f"worker-{os.getpid()}-{next(_NODE_NUMBERS)}"
         node_stack = LocalStack(
             self._stack.layout, base_settings=make_settings(**changes), ready_timeout=120
         )
