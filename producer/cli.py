@@ -130,7 +130,12 @@ def _producer(settings: Settings) -> Any:
 
 def _cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     producer = _producer(settings)
-    handle = producer.submit_file(args.file, batch_id=args.batch_id, skip_invalid=args.skip_invalid)
+    handle = producer.submit_file(
+        args.file,
+        batch_id=args.batch_id,
+        skip_invalid=args.skip_invalid,
+        on_enqueued=_enqueue_bar(sys.stderr),
+    )
     report = handle.report
     print(
         f"batch {handle.batch_id}: {report.rows} rows, {report.jobs_sent} jobs enqueued"
@@ -159,6 +164,24 @@ def _cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
             file=sys.stderr,
         )
     return EXIT_FAILED if failed or report.rejected_count else EXIT_OK
+
+
+def _enqueue_bar(stream: TextIO) -> Callable[[int, int], None]:
+    """A progress bar for sending a large file (shown once it has more than one chunk)."""
+    from tqdm import tqdm
+
+    bar: dict[str, Any] = {}
+
+    def update(done: int, total: int) -> None:
+        if "bar" not in bar:
+            if done >= total:
+                return  # one chunk: done before a bar would be worth drawing
+            bar["bar"] = tqdm(total=total, unit="row", desc="enqueue", file=stream)
+        bar["bar"].update(done - bar["bar"].n)
+        if done >= total:
+            bar["bar"].close()
+
+    return update
 
 
 def _progress_bar(stream: TextIO) -> Callable[[Any], None]:

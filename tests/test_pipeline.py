@@ -263,3 +263,13 @@ def test_failed_jobs_are_listed_and_retried(settings: Settings, workers: Any) ->
     assert [r.status for r in results] == ["succeeded", "succeeded"]
     progress = Producer(settings).batch("slow").progress()
     assert (progress.total, progress.succeeded, progress.failed) == (2, 2, 0)
+
+
+def test_enqueue_progress_is_reported_per_chunk(settings: Settings, tmp_path: Path) -> None:
+    jobs = tmp_path / "many.csv"
+    lines = ["id,text,speaker"] + [f"m{i},Notice {i}.,英文女" for i in range(1200)]
+    jobs.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    calls: list[tuple[int, int]] = []
+    batch = Producer(settings).submit_file(jobs, on_enqueued=lambda d, t: calls.append((d, t)))
+    assert calls == [(500, 1200), (1000, 1200), (1200, 1200)]
+    assert batch.report.jobs_sent == 1200
