@@ -6,11 +6,11 @@ exits 1 if the committed file differs (a test runs the same comparison). Standar
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any
 
+from producer.generated import write_or_check
 from producer.panels import PANELS, Panel
 
 DASHBOARD_FILE = (
@@ -84,18 +84,9 @@ def dashboard_text() -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Write (or with --check, compare) compose/grafana/dashboards/tts-batch.json."""
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--out", type=Path, default=DASHBOARD_FILE)
-    parser.add_argument("--check", action="store_true", help="exit 1 if the file differs")
-    args = parser.parse_args(argv)
-    text = dashboard_text()
-    if args.check:
-        if args.out.read_text(encoding="utf-8") != text:
-            raise SystemExit(f"{args.out} is out of date: run python -m producer.grafana")
-        return
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text, encoding="utf-8")
+    write_or_check(
+        argv, default_out=DASHBOARD_FILE, render=dashboard_text, module="producer.grafana"
+    )
 
 
 if __name__ == "__main__":

@@ -7,8 +7,9 @@ stack calls `render_prometheus_config` with loopback targets. Standard library o
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
+
+from producer.generated import write_or_check
 
 # Where the Compose stack's file lives, and its targets (service name:port).
 COMPOSE_CONFIG = (
@@ -80,18 +81,9 @@ def compose_config() -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Write (or with --check, compare) compose/prometheus/prometheus.yml."""
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--out", type=Path, default=COMPOSE_CONFIG)
-    parser.add_argument("--check", action="store_true", help="exit 1 if the file differs")
-    args = parser.parse_args(argv)
-    text = compose_config()
-    if args.check:
-        if args.out.read_text(encoding="utf-8") != text:
-            raise SystemExit(f"{args.out} is out of date: run python -m producer.prometheus_config")
-        return
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text, encoding="utf-8")
+    write_or_check(
+        argv, default_out=COMPOSE_CONFIG, render=compose_config, module="producer.prometheus_config"
+    )
 
 
 if __name__ == "__main__":
