@@ -77,3 +77,15 @@ def run_cli(
         timeout=timeout,
         check=False,
     )
+
+
+def wait_for_task_counts(
+    url: str, worker: str, total: float, *, timeout: float = 30
+) -> dict[str, float]:
+    """Poll the Pushgateway until `worker`'s groups count `total` tasks; per-process counts."""
+    counted: dict[str, float] = wait_until(
+        lambda: (t := tasks_by_process(url, worker)) and sum(t.values()) == total and t,
+        timeout=timeout,
+        what=f"{total:g} tasks counted for {worker} in the Pushgateway",
+    )
+    return counted

@@ -32,7 +32,12 @@ from producer.batch_state import BatchState
 from producer.settings import Settings
 from producer.stack_procs import is_alive
 from producer.storage import AudioStore
-from tests.helpers import pushgateway_samples, run_cli, tasks_by_process, wait_until
+from tests.helpers import (
+    pushgateway_samples,
+    run_cli,
+    wait_for_task_counts,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -214,14 +219,8 @@ def test_killed_worker_node_jobs_come_back_after_the_visibility_timeout(
     wait_until(all_done, timeout=60, interval=0.2, what="every job done")
     results = list(batch.results())
     delays = {j: round(came_back[j] - lost_jobs[j].started, 1) for j in lost_jobs}
-    per_process = wait_until(
-        lambda: (
-            (t := tasks_by_process(settings.pushgateway_url, node_b.hostname))
-            and sum(t.values()) == len(bodies)
-            and t
-        ),
-        timeout=30,
-        what="node B's tts_tasks_total",
+    per_process = wait_for_task_counts(
+        settings.pushgateway_url, node_b.hostname, len(bodies), timeout=30
     )
     tries = attempts(settings, "node-kill")
     print(
@@ -375,14 +374,8 @@ def test_clean_redis_restart_mid_batch_loses_nothing(
     stack.restart("redis")
     restart_seconds = time.monotonic() - started
     results = batch.wait(timeout=90)
-    per_process = wait_until(
-        lambda: (
-            (t := tasks_by_process(settings.pushgateway_url, node.hostname))
-            and sum(t.values()) == len(bodies)
-            and t
-        ),
-        timeout=30,
-        what="tts_tasks_total of every job",
+    per_process = wait_for_task_counts(
+        settings.pushgateway_url, node.hostname, len(bodies), timeout=30
     )
     print(
         f"\n[redis restart] {done_before} of {len(bodies)} done, Redis restarted in "
@@ -489,14 +482,8 @@ def test_pushgateway_outage_fails_no_task_and_counts_catch_up(
     finally:
         stack.start("pushgateway")
     back = time.monotonic()
-    per_process = wait_until(
-        lambda: (
-            (t := tasks_by_process(settings.pushgateway_url, node.hostname))
-            and sum(t.values()) == len(bodies)
-            and t
-        ),
-        timeout=60,
-        what="tts_tasks_total caught up",
+    per_process = wait_for_task_counts(
+        settings.pushgateway_url, node.hostname, len(bodies), timeout=60
     )
     print(
         f"\n[pushgateway outage] {len(bodies)} jobs ran with the Pushgateway stopped: outcomes "

@@ -18,7 +18,7 @@ import pytest
 from producer.api import Producer
 from producer.panels import PANELS
 from producer.settings import Settings
-from tests.helpers import pushgateway_samples, tasks_by_process, wait_until
+from tests.helpers import pushgateway_samples, wait_for_task_counts, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -86,14 +86,8 @@ def test_panels_return_what_the_workers_did(stack: Any, settings: Settings, work
     assert {r.reason for r in results if not r.ok} == {"unknown_speaker"}
 
     # The Pushgateway: each pool process has its own group; together they counted N jobs.
-    per_process = wait_until(
-        lambda: (
-            (t := tasks_by_process(settings.pushgateway_url, node.hostname))
-            and sum(t.values()) == good + bad
-            and t
-        ),
-        timeout=30,
-        what="all jobs counted in the Pushgateway",
+    per_process = wait_for_task_counts(
+        settings.pushgateway_url, node.hostname, good + bad, timeout=30
     )
     busy = [pid for pid, count in per_process.items() if count > 0]
     assert len(busy) == 2, f"both pool processes should have run jobs: {per_process}"

@@ -17,7 +17,7 @@ from producer.api import Producer
 from producer.errors import InvalidBatch
 from producer.settings import Settings
 from producer.storage import AudioStore
-from tests.helpers import run_cli, tasks_by_process, wait_until
+from tests.helpers import run_cli, wait_for_task_counts
 
 pytestmark = pytest.mark.integration
 
@@ -75,15 +75,7 @@ def test_example_batch_end_to_end_with_espeak(
         assert len(head.metadata["text-sha256"]) == 64
 
     # Each pool process pushed its own group; together they counted every job once.
-    per_process = wait_until(
-        lambda: (
-            (t := tasks_by_process(settings.pushgateway_url, node.hostname))
-            and sum(t.values()) == 12
-            and t
-        ),
-        timeout=30,
-        what="12 tasks counted in the Pushgateway",
-    )
+    per_process = wait_for_task_counts(settings.pushgateway_url, node.hostname, 12, timeout=30)
     assert len([p for p, n in per_process.items() if n > 0]) >= 1
     assert all(p.isdigit() for p in per_process)
 
@@ -97,11 +89,7 @@ def test_rows_with_the_same_content_share_one_synthesis(settings: Settings, work
     assert len(results) == 8 and all(r.ok for r in results)
     assert len({r.key for r in results if r.row_id.startswith("dup")}) == 1
     assert batch.progress().succeeded == 8
-    wait_until(
-        lambda: sum(tasks_by_process(settings.pushgateway_url, node.hostname).values()) == 4,
-        timeout=30,
-        what="4 jobs counted",
-    )
+    wait_for_task_counts(settings.pushgateway_url, node.hostname, 4)
 
 
 def test_resubmitting_a_batch_enqueues_only_what_is_not_done(
