@@ -6,9 +6,10 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 COPY pyproject.toml README.md celeryconfig.py ./
-COPY producer producer
+# Only what the worker side runs: the shared core, the worker, and the queue exporter.
+COPY core core
 COPY worker worker
-COPY compose/prometheus/rules compose/prometheus/rules
+COPY monitoring monitoring
 RUN pip install --no-cache-dir '.[worker,stack]'
 USER nobody
 CMD ["celery", "-A", "worker.app", "worker", "-E", "-Q", "tts", "--loglevel", "INFO"]

@@ -3,9 +3,9 @@ first loads its configuration, not before)."""
 
 from __future__ import annotations
 
-from producer.queue import QUEUE
-from producer.redis_conn import celery_tls_options
-from producer.settings import Settings
+from core.redis_conn import celery_tls_options
+from core.settings import Settings
+from producer.sender import QUEUE
 
 _settings = Settings.from_env()
 
@@ -48,4 +48,4 @@ worker_hijack_root_logger = False
 # The engine is loaded once in the parent before the pool forks (worker/engine_host.py), so
 # pool processes start in well under Celery's 4 s worker_proc_alive_timeout; the pool must fork.
 worker_pool_start_method = "fork"
-worker_consumer = "worker.consumer:CountingConsumer"
+worker_consumer = "worker.parent.consumer:CountingConsumer"

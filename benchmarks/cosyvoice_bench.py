@@ -70,7 +70,7 @@ class StageTimer:
 
 def ensure_model(directory: Path) -> float:
     """Build the full-size random model in `directory` unless it is there; seconds taken."""
-    from worker.cosyvoice_dir import RANDOM_MARKER, REQUIRED_FILES
+    from worker.engines.cosyvoice.model_dir import RANDOM_MARKER, REQUIRED_FILES
 
     if all((directory / n).is_file() for n in (*REQUIRED_FILES, RANDOM_MARKER)):
         marker = json.loads((directory / RANDOM_MARKER).read_text(encoding="utf-8"))
@@ -79,8 +79,8 @@ def ensure_model(directory: Path) -> float:
     started = time.perf_counter()
     # A subprocess, so that this process's import time below is a cold one.
     subprocess.run(
-        [sys.executable, "-m", "worker.cosyvoice_model", "make-random", "--size", "full",
-         str(directory)],
+        [sys.executable, "-m", "worker.engines.cosyvoice.random_model", "make-random",
+         "--size", "full", str(directory)],
         check=True,
     )  # fmt: skip
     return time.perf_counter() - started
@@ -114,7 +114,7 @@ def run(model_dir: Path, *, threads: int) -> dict[str, Any]:
 
     import torch
 
-    from worker.cosyvoice_engine import CosyVoiceSynthesizer
+    from worker.engines.cosyvoice.engine import CosyVoiceSynthesizer
 
     engine = CosyVoiceSynthesizer(str(model_dir), threads=threads)
     timer = StageTimer()

@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     ensure_model(args.model_dir.resolve())
 
-    from producer.settings import Settings
+    from core.settings import Settings
     from worker import engine_host
 
     settings = Settings(engine="cosyvoice", model_dir=str(args.model_dir.resolve()), threads=1)

@@ -23,9 +23,9 @@ from typing import Any
 
 import redis
 
+from core.settings import Settings
+from devstack.stack import LocalStack, StackLayout, StackPorts
 from producer.api import Producer
-from producer.localstack import LocalStack, StackLayout, StackPorts
-from producer.settings import Settings
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "announcements.csv"
 

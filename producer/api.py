@@ -19,8 +19,8 @@ from typing import Any
 
 import redis
 
-from producer.batch_state import BatchState, Progress
-from producer.contract import (
+from core.batch_state import BatchState, Progress
+from core.contract import (
     BATCH_ID_PATTERN,
     JobSpec,
     build_message,
@@ -28,11 +28,11 @@ from producer.contract import (
     validate_row_id,
     validate_spec,
 )
-from producer.errors import InvalidBatch, InvalidJob
-from producer.queue import JobSender, client_app
-from producer.redis_conn import connect
+from core.errors import InvalidBatch, InvalidJob
+from core.redis_conn import connect
+from core.settings import Settings
 from producer.rows import Row, read_rows
-from producer.settings import Settings
+from producer.sender import JobSender, client_app
 
 # Called with (rows enqueued so far, rows to enqueue) while a submission is sent.
 EnqueueProgress = Callable[[int, int], None]

@@ -1,7 +1,7 @@
 """The `tts-batch` command line.
 
 Exit codes: 0 all good, 1 some jobs failed (or are still pending), 2 usage or input error.
-Every option that names a service is read from the TTS_* environment (see producer.settings);
+Every option that names a service is read from the TTS_* environment (see core.settings);
 subcommands that need the worker side import it only when run.
 """
 
@@ -15,9 +15,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from producer.errors import ConfigError, InvalidBatch, InvalidJob, TTSError
-from producer.settings import LOCAL_PORTS, Settings
-from producer.stack_procs import StackError
+from core.errors import ConfigError, InvalidBatch, InvalidJob, TTSError
+from core.settings import LOCAL_PORTS, Settings
+from devstack.procs import StackError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -240,7 +240,7 @@ def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_fetch(args: argparse.Namespace, settings: Settings) -> int:
-    from producer.storage import AudioStore
+    from core.storage import AudioStore
 
     handle = _producer(settings).batch(args.batch_id)
     store = AudioStore.from_settings(settings)
@@ -288,7 +288,7 @@ def _cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _stack(settings: Settings) -> Any:
-    from producer.localstack import LocalStack
+    from devstack.stack import LocalStack
 
     # The developer stack's Redis gets a password too: nothing on the machine gets in without
     # the credentials file.
@@ -296,7 +296,7 @@ def _stack(settings: Settings) -> Any:
 
 
 def _cmd_up(args: argparse.Namespace, settings: Settings) -> int:
-    from producer.localstack import format_statuses
+    from devstack.stack import format_statuses
 
     stack = _stack(settings)
     workers = 0 if args.no_workers else args.workers
@@ -308,14 +308,14 @@ def _cmd_up(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_down(args: argparse.Namespace, settings: Settings) -> int:
-    from producer.localstack import format_statuses
+    from devstack.stack import format_statuses
 
     print(format_statuses(_stack(settings).down()))
     return EXIT_OK
 
 
 def _cmd_ps(args: argparse.Namespace, settings: Settings) -> int:
-    from producer.localstack import format_statuses
+    from devstack.stack import format_statuses
 
     statuses = _stack(settings).status()
     print(format_statuses(statuses))
@@ -324,7 +324,7 @@ def _cmd_ps(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_dashboard(args: argparse.Namespace, settings: Settings) -> int:
-    from producer.render_dashboard import DashboardError, render_dashboard
+    from monitoring.render_png import DashboardError, render_dashboard
 
     url = args.prometheus or f"http://127.0.0.1:{LOCAL_PORTS['prometheus']}"
     try:
@@ -338,7 +338,7 @@ def _cmd_dashboard(args: argparse.Namespace, settings: Settings) -> int:
 
 def _cmd_make_random_model(args: argparse.Namespace, settings: Settings) -> int:
     # Needs the CosyVoice runtime (make install-cosyvoice); imported only here.
-    from worker.cosyvoice_model import make_random_model
+    from worker.engines.cosyvoice.random_model import make_random_model
 
     path = make_random_model(args.directory, size=args.size, seed=args.seed)
     print(f"{path}  (random weights: noise, not speech; for tests and benchmarks only)")

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from producer.errors import InvalidBatch, InvalidJob
+from core.errors import InvalidBatch, InvalidJob
 
 REQUIRED_FIELDS = ("id", "text", "speaker")
 OPTIONAL_FIELDS = ("lang", "format")

@@ -45,5 +45,5 @@ $bin/tts-batch fetch "$batch" --to "out/$batch"
 sleep 11
 $bin/tts-batch dashboard --prometheus "$prom" --minutes 5 --out "out/$batch.dashboard.png" >/dev/null \
   || echo "(dashboard not drawn: is Prometheus up?)"
-$bin/python -m producer.where "$batch"
+$bin/python -m devstack.where "$batch"
 exit $status

@@ -19,15 +19,15 @@ from typing import Any
 import pytest
 import redis
 
-from producer.settings import Settings
-from tests.helpers import make_settings
+from core.settings import Settings
+from tests.support.helpers import make_settings
 
 SERVICES = ("redis", "s3", "pushgateway", "prometheus", "queue-exporter")
 
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    from producer.localstack import LocalStack, StackLayout, StackPorts
+    from devstack.stack import LocalStack, StackLayout, StackPorts
 
     state = tmp_path_factory.mktemp("stack")
     layout = StackLayout(state, ports=StackPorts.find_free())
@@ -58,7 +58,7 @@ class Workers:
         self._started: list[tuple[Any, str]] = []
 
     def start(self, *, concurrency: int = 2, **changes: Any) -> WorkerNode:
-        from producer.localstack import LocalStack
+        from devstack.stack import LocalStack
 
         # Unique for the whole session: a node's log file (named after it) is then its own.
         name = f"worker-{os.getpid()}-{next(_NODE_NUMBERS)}"

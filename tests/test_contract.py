@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from producer.contract import (
+from core.contract import (
     SCHEMA_VERSION,
     JobSpec,
     content_key,
@@ -15,8 +15,8 @@ from producer.contract import (
     validate_row_id,
     validate_spec,
 )
-from producer.errors import InvalidJob
-from producer.settings import COSYVOICE_SFT_SPEAKERS
+from core.errors import InvalidJob
+from core.settings import COSYVOICE_SFT_SPEAKERS
 
 SPEAKERS = frozenset(COSYVOICE_SFT_SPEAKERS)
 

@@ -11,10 +11,10 @@ from types import ModuleType
 
 import pytest
 
-from producer.errors import ConfigError
-from producer.queue import time_limits
-from producer.settings import Settings
-from worker.retry import backoff_seconds
+from core.delivery import backoff_seconds
+from core.errors import ConfigError
+from core.settings import Settings
+from producer.sender import time_limits
 
 CELERYCONFIG = Path(__file__).resolve().parent.parent / "celeryconfig.py"
 

@@ -27,12 +27,12 @@ import soundfile as sf
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from core.batch_state import BatchState
+from core.settings import Settings
+from core.storage import AudioStore
+from devstack.procs import is_alive
 from producer.api import BatchHandle, JobResult, Producer
-from producer.batch_state import BatchState
-from producer.settings import Settings
-from producer.stack_procs import is_alive
-from producer.storage import AudioStore
-from tests.helpers import (
+from tests.support.helpers import (
     pushgateway_samples,
     run_cli,
     wait_for_task_counts,

@@ -1,4 +1,4 @@
-"""Hostile input (tests/hostile_corpus.py), sent through the producer and straight onto the
+"""Hostile input (tests/support/hostile_corpus.py), sent through the producer and straight onto the
 queue.
 
 Producer: every bad row or file is refused with an error naming the row and field, and
@@ -24,15 +24,15 @@ import redis
 import soundfile as sf
 from celery import Celery
 
+from core.batch_state import BatchState
+from core.contract import TASK_NAME, parse_message
+from core.errors import ERROR_REASONS, InvalidBatch
+from core.settings import Settings
+from core.storage import AudioStore
 from producer.api import Producer
-from producer.batch_state import BatchState
-from producer.contract import TASK_NAME, parse_message
-from producer.errors import ERROR_REASONS, InvalidBatch
-from producer.queue import QUEUE, client_app
-from producer.settings import Settings
-from producer.storage import AudioStore
-from tests.helpers import pushgateway_samples, run_cli, wait_until
-from tests.hostile_corpus import (
+from producer.sender import QUEUE, client_app
+from tests.support.helpers import pushgateway_samples, run_cli, wait_until
+from tests.support.hostile_corpus import (
     ACCEPTED,
     ACCEPTED_MESSAGE_ONLY,
     BAD_FILES,

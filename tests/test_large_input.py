@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 import redis
 
+from core.batch_state import BatchState
+from core.errors import InvalidBatch
+from core.settings import Settings
 from producer.api import Producer
-from producer.batch_state import BatchState
-from producer.errors import InvalidBatch
-from producer.queue import QUEUE
-from producer.settings import Settings
+from producer.sender import QUEUE
 
 pytestmark = pytest.mark.integration
 
@@ -43,7 +43,7 @@ def big_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def probe(settings: Settings, *args: str) -> dict[str, Any]:
     done = subprocess.run(
-        [sys.executable, "-m", "tests.enqueue_probe", *args],
+        [sys.executable, "-m", "tests.support.enqueue_probe", *args],
         env={**os.environ, **settings.to_env()},
         cwd=ROOT,
         capture_output=True,

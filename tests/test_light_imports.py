@@ -7,7 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-HEAVY = ("torch", "numpy", "soundfile", "worker.synth", "worker.cosyvoice_engine", "cosyvoice")
+HEAVY = (
+    "torch",
+    "numpy",
+    "soundfile",
+    "worker.synth",
+    "worker.engines.cosyvoice.engine",
+    "cosyvoice",
+)
 
 
 def loaded_modules(code: str) -> set[str]:

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from core.errors import InvalidBatch
+from core.settings import Settings
+from core.storage import AudioStore
 from producer.api import Producer
-from producer.errors import InvalidBatch
-from producer.settings import Settings
-from producer.storage import AudioStore
-from tests.helpers import run_cli, wait_for_task_counts
+from tests.support.helpers import run_cli, wait_for_task_counts
 
 pytestmark = pytest.mark.integration
 

@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 import redis
 
+from core.redis_conn import connect
+from core.settings import Settings
+from devstack.stack import LocalStack
 from producer.api import Producer
-from producer.localstack import LocalStack
-from producer.redis_conn import connect
-from producer.settings import Settings
-from tests.helpers import make_settings, wait_until
+from tests.support.helpers import make_settings, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from producer.errors import InvalidBatch, InvalidJob
+from core.errors import InvalidBatch, InvalidJob
 from producer.rows import read_rows
 
 

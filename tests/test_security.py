@@ -17,15 +17,15 @@ import pytest
 import redis
 
 import celeryconfig
+from core.contract import object_key
+from core.errors import ERROR_REASONS, InvalidBatch, InvalidJob
+from core.settings import Settings, mask_url
+from core.storage import AudioStore
+from devstack.stack import LocalStack
 from producer.api import Producer
-from producer.contract import object_key
-from producer.errors import ERROR_REASONS, InvalidBatch, InvalidJob
-from producer.localstack import LocalStack
-from producer.queue import QUEUE, client_app
-from producer.settings import Settings, mask_url
-from producer.storage import AudioStore
-from tests.helpers import make_settings, pushgateway_samples, wait_until
-from tests.hostile_corpus import capture_envelope, good_message, raw_variants
+from producer.sender import QUEUE, client_app
+from tests.support.helpers import make_settings, pushgateway_samples, wait_until
+from tests.support.hostile_corpus import capture_envelope, good_message, raw_variants
 from worker.push import STORAGE_OPS, TASK_STATUSES
 
 pytestmark = pytest.mark.integration

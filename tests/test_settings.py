@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from producer.errors import ConfigError
-from producer.settings import Settings, credentials_path
+from core.errors import ConfigError
+from core.settings import Settings, credentials_path
 
 
 def test_defaults_point_at_the_local_stack(tmp_path: Path) -> None:

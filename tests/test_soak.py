@@ -18,12 +18,12 @@ import pytest
 import redis
 
 import celeryconfig
+from core.batch_state import PARTS, BatchState
+from core.settings import Settings
+from core.storage import AudioStore
 from producer.api import Producer
-from producer.batch_state import PARTS, BatchState
-from producer.queue import QUEUE
-from producer.settings import Settings
-from producer.storage import AudioStore
-from tests.helpers import pushgateway_samples, wait_until
+from producer.sender import QUEUE
+from tests.support.helpers import pushgateway_samples, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.soak]
 

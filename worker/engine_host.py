@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from typing import NoReturn, TextIO
 
-from producer.settings import Settings
+from core.settings import Settings
 from worker.synth import Synthesizer, load_engine
 
 # sysexits.h EX_CONFIG: the worker cannot run with this configuration.

@@ -18,17 +18,17 @@ from typing import Any
 import redis
 from celery.exceptions import SoftTimeLimitExceeded
 
-from producer.batch_state import BatchState
-from producer.contract import (
+from core.batch_state import BatchState
+from core.contract import (
     ROW_ID_PATTERN,
     JobMessage,
     content_key,
     object_key,
     parse_message,
 )
-from producer.errors import InvalidJob, StorageError
-from producer.settings import Settings
-from producer.storage import AudioStore, StoredObject
+from core.errors import InvalidJob, StorageError
+from core.settings import Settings
+from core.storage import AudioStore, StoredObject
 from worker.audio import duration_seconds, encode
 from worker.lease import ContentLease
 from worker.push import WorkerMetrics

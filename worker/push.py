@@ -17,7 +17,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import delete_from_gateway, push_to_gateway
 
-from producer.errors import ERROR_REASONS
+from core.errors import ERROR_REASONS
 
 log = logging.getLogger(__name__)
 

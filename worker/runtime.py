@@ -13,10 +13,10 @@ import time
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from producer.errors import StorageError
-from producer.redis_conn import connect
-from producer.settings import Settings
-from producer.storage import AudioStore
+from core.errors import StorageError
+from core.redis_conn import connect
+from core.settings import Settings
+from core.storage import AudioStore
 from worker.lease import ContentLease
 from worker.pipeline import WorkerContext
 from worker.push import BackgroundPusher, WorkerMetrics, grouping_key

@@ -18,13 +18,14 @@ from celery.signals import (
     worker_shutdown,
 )
 
-from producer.contract import TASK_NAME
-from producer.errors import InvalidJob, TransientError
-from producer.settings import Settings
-from worker import broker_guard, consumer, engine_host, runtime
+from core.contract import TASK_NAME
+from core.delivery import backoff_seconds
+from core.errors import InvalidJob, TransientError
+from core.settings import Settings
+from worker import engine_host, runtime
 from worker.app import app
+from worker.parent import broker_guard, consumer
 from worker.pipeline import EngineFailure, WorkerContext, parse, record_failure, run_job
-from worker.retry import backoff_seconds
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ def _stop_process(**_: Any) -> None:
     name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True, throws=(InvalidJob,)
 )
 def synthesize(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
-    """Synthesize one job message (see producer.contract) and return its JSON result.
+    """Synthesize one job message (see core.contract) and return its JSON result.
 
     Takes any arguments so that a message with the wrong ones fails as bad_message here,
     recorded and counted, instead of as a TypeError before the task body runs."""

@@ -1,0 +1,249 @@
+"""The job contract: what a job message holds and how it is validated.
+
+Defined once, used by the producer (before enqueueing) and by the worker (again, because the
+queue is not trusted). Imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import unicodedata
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from core.errors import InvalidJob
+
+SCHEMA_VERSION = 1
+TASK_NAME = "tts.synthesize"
+
+ROW_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
+BATCH_ID_PATTERN = ROW_ID_PATTERN
+# Language codes the engines understand; None lets the engine pick from the speaker.
+LANGUAGES = ("zh", "en", "ja", "yue", "ko")
+FORMATS = ("wav", "flac", "ogg")
+
+# A fixed namespace so that task ids derived from (batch, row) are the same on every machine.
+_TASK_ID_NAMESPACE = uuid.UUID("5d0c7c55-4f0e-4f86-9a4e-7d1b5d0a9f11")
+_WHITESPACE = re.compile(r"\s+")
+
+
+def normalize_text(text: str) -> str:
+    """NFC, control characters (and lone surrogates) removed, whitespace collapsed."""
+    text = unicodedata.normalize("NFC", text)
+    kept = []
+    for ch in text:
+        category = unicodedata.category(ch)
+        if ch.isspace():
+            kept.append(" ")
+        elif category in {"Cc", "Cs", "Co", "Cn"} or ch in "\u2028\u2029":
+            continue
+        else:
+            kept.append(ch)
+    return _WHITESPACE.sub(" ", "".join(kept)).strip()
+
+
+def _has_letter_or_digit(text: str) -> bool:
+    return any(unicodedata.category(ch)[0] in {"L", "N"} for ch in text)
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A validated request: what to say, in which voice, in which format."""
+
+    text: str
+    speaker: str
+    lang: str | None
+    fmt: str
+
+    def fingerprint(self) -> str:
+        """A hash of the request alone (engine-independent); equal requests share a job."""
+        payload = json.dumps(
+            [SCHEMA_VERSION, self.text, self.speaker, self.lang, self.fmt], ensure_ascii=False
+        )
+        return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def validate_spec(
+    fields: Mapping[str, Any],
+    *,
+    speakers: frozenset[str] | set[str] | tuple[str, ...],
+    max_chars: int,
+    row: int | str | None = None,
+) -> JobSpec:
+    """Check text, speaker, lang and format of one row or message; raise InvalidJob naming
+    the row and the field."""
+    text = fields.get("text")
+    if not isinstance(text, str):
+        raise InvalidJob(
+            f"text must be a string, got {_type_name(text)}",
+            reason="invalid_text",
+            field="text",
+            row=row,
+        )
+    normalized = normalize_text(text)
+    if not _has_letter_or_digit(normalized):
+        raise InvalidJob(
+            "text has no letter or digit to speak" if normalized else "text is empty",
+            reason="invalid_text",
+            field="text",
+            row=row,
+        )
+    if len(normalized) > max_chars:
+        raise InvalidJob(
+            f"text has {len(normalized)} characters, the limit is {max_chars}",
+            reason="text_too_long",
+            field="text",
+            row=row,
+        )
+    speaker = fields.get("speaker")
+    if not isinstance(speaker, str) or speaker not in speakers:
+        raise InvalidJob(
+            f"unknown speaker {_short(speaker)}; known: {', '.join(sorted(speakers))}",
+            reason="unknown_speaker",
+            field="speaker",
+            row=row,
+        )
+    lang = fields.get("lang")
+    if lang in ("", None):
+        lang = None
+    elif not isinstance(lang, str) or lang not in LANGUAGES:
+        raise InvalidJob(
+            f"unknown language {_short(lang)}; known: {', '.join(LANGUAGES)}",
+            reason="invalid_text",
+            field="lang",
+            row=row,
+        )
+    fmt = fields.get("format")
+    if fmt in ("", None):
+        fmt = "wav"
+    elif not isinstance(fmt, str) or fmt.lower() not in FORMATS:
+        raise InvalidJob(
+            f"unsupported format {_short(fmt)}; supported: {', '.join(FORMATS)}",
+            reason="unsupported_format",
+            field="format",
+            row=row,
+        )
+    return JobSpec(text=normalized, speaker=speaker, lang=lang, fmt=str(fmt).lower())
+
+
+def validate_row_id(value: Any, *, row: int | str | None = None, field: str = "id") -> str:
+    if not isinstance(value, str) or not ROW_ID_PATTERN.fullmatch(value):
+        raise InvalidJob(
+            f"{_short(value)} is not a valid id (1-128 of A-Z a-z 0-9 . _ -)",
+            reason="bad_message",
+            field=field,
+            row=row,
+        )
+    return value
+
+
+def task_id_for(batch_id: str, job_key: str) -> str:
+    """The Celery task id of a job: stable for (batch, job), so a resubmission finds it."""
+    return str(uuid.uuid5(_TASK_ID_NAMESPACE, f"{batch_id}\x00{job_key}"))
+
+
+def build_message(
+    *, job_id: str, batch_id: str, spec: JobSpec, enqueued_at: float
+) -> dict[str, Any]:
+    """The task's single JSON argument."""
+    return {
+        "v": SCHEMA_VERSION,
+        "job_id": job_id,
+        "batch_id": batch_id,
+        "text": spec.text,
+        "speaker": spec.speaker,
+        "lang": spec.lang,
+        "format": spec.fmt,
+        "enqueued_at": enqueued_at,
+    }
+
+
+@dataclass(frozen=True)
+class JobMessage:
+    """A message as the worker accepts it, after validation."""
+
+    job_id: str
+    batch_id: str
+    spec: JobSpec
+    enqueued_at: float | None
+
+
+def parse_message(
+    message: Any,
+    *,
+    speakers: frozenset[str] | set[str] | tuple[str, ...],
+    max_chars: int,
+) -> JobMessage:
+    """Validate a message taken off the queue. Unknown fields are ignored within a version."""
+    if not isinstance(message, Mapping):
+        raise InvalidJob(f"message must be a JSON object, got {_type_name(message)}")
+    version = message.get("v")
+    if version != SCHEMA_VERSION or isinstance(version, bool):
+        raise InvalidJob(
+            f"unsupported schema version {_short(version)}; this worker speaks {SCHEMA_VERSION}",
+            field="v",
+        )
+    job_id = validate_row_id(message.get("job_id"), field="job_id")
+    batch_id = validate_row_id(message.get("batch_id"), field="batch_id")
+    spec = validate_spec(message, speakers=speakers, max_chars=max_chars)
+    return JobMessage(
+        job_id=job_id,
+        batch_id=batch_id,
+        spec=spec,
+        enqueued_at=_timestamp(message.get("enqueued_at")),
+    )
+
+
+def _timestamp(value: Any) -> float | None:
+    """A positive, finite epoch time, else None: a hostile enqueued_at (10**400, NaN) must
+    neither crash the task nor poison the queue-wait histogram's sum."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    try:
+        seconds = float(value)
+    except OverflowError:
+        return None
+    return seconds if math.isfinite(seconds) and seconds > 0 else None
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    try:
+        text = repr(value)
+    except ValueError:
+        # An int of more than 4300 digits has no repr (Python's limit against slow str()).
+        return f"<{_type_name(value)} too large to show>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def content_key(identity: Mapping[str, str | int], spec: JobSpec) -> str:
+    """The hash of everything that changes the audio: the engine's identity (engine, model,
+    sample rate, options) and the request (speaker, language, normalized text, format)."""
+    payload = json.dumps(
+        {
+            "v": SCHEMA_VERSION,
+            "engine": dict(identity),
+            "speaker": spec.speaker,
+            "lang": spec.lang,
+            "text": spec.text,
+            "format": spec.fmt,
+        },
+        sort_keys=True,
+        ensure_ascii=False,
+    )
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def object_key(key: str, fmt: str) -> str:
+    """Where the audio of a content key lives in the bucket: hash-derived only, never text."""
+    if not re.fullmatch(r"[0-9a-f]{64}", key) or fmt not in FORMATS:
+        raise ValueError(f"not a content key and format: {key!r}, {fmt!r}")
+    return f"audio/{key[:2]}/{key}.{fmt}"

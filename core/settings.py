@@ -1,0 +1,250 @@
+"""One settings object for producer and worker, read from the environment once.
+
+Every name is `TTS_` + the field name in upper case. Defaults point at the local stack that
+`tts-batch up` starts (its own ports, so it never clashes with services on the standard ones).
+Secrets (S3 keys, Redis password inside the URL) come from the environment, from a `*_FILE`
+variable naming a file, or from the credentials file the local stack writes; never from code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from core.errors import ConfigError
+
+# The seven speaker ids of CosyVoice-300M-SFT; the espeak and fake engines use the same names so
+# that one job file works with every engine.
+COSYVOICE_SFT_SPEAKERS = ("中文女", "中文男", "日语男", "粤语女", "英文女", "英文男", "韩语女")
+
+# Ports of the local stack: the standard port + 10000, so a system Redis on 6379 or a
+# Prometheus on 9090 is never touched.
+LOCAL_PORTS = {
+    "redis": 16379,
+    "s3": 18333,
+    "pushgateway": 19091,
+    "prometheus": 19090,
+    "flower": 15555,
+}
+
+# The longest pause before a retry, before jitter (core.delivery caps its backoff here).
+RETRY_CAP_SECONDS = 120.0
+
+
+def _default_stack_dir() -> str:
+    return str(Path.cwd() / ".tts-stack")
+
+
+@dataclass(frozen=True)
+class Settings:
+    broker_url: str = f"redis://127.0.0.1:{LOCAL_PORTS['redis']}/0"
+    # CA bundle for a `rediss://` broker whose certificate is not signed by a system CA.
+    redis_tls_ca_file: str = ""
+    # Empty means: the broker URL.
+    result_backend: str = ""
+    s3_endpoint: str = f"http://127.0.0.1:{LOCAL_PORTS['s3']}"
+    s3_region: str = "us-east-1"
+    s3_bucket: str = "tts-audio"
+    s3_access_key: str = field(default="", repr=False)
+    s3_secret_key: str = field(default="", repr=False)
+    s3_create_bucket: bool = True
+    # Empty disables pushing (tasks still run).
+    pushgateway_url: str = f"http://127.0.0.1:{LOCAL_PORTS['pushgateway']}"
+    engine: str = "espeak"
+    model_dir: str = ""
+    # 0 means: the machine's cores divided among the worker processes.
+    threads: int = 0
+    concurrency: int = 2
+    max_chars: int = 500
+    max_batch_rows: int = 100_000
+    speakers: tuple[str, ...] = COSYVOICE_SFT_SPEAKERS
+    default_format: str = "wav"
+    # Batch state (progress, results, dead letters) lives this long after the last write.
+    batch_ttl_seconds: int = 7 * 24 * 3600
+    stack_dir: str = field(default_factory=_default_stack_dir)
+    # Time limits of one job: base + per character of text (soft), + grace (hard). The broker's
+    # visibility timeout is derived from the longest allowed job, so a slow job is never
+    # redelivered while it still runs.
+    task_time_base_seconds: float = 120.0
+    task_time_per_char_seconds: float = 6.0
+    task_time_grace_seconds: float = 60.0
+    max_retries: int = 5
+    retry_base_seconds: float = 2.0
+    # Deliveries that ended with the worker process lost before a job is dead-lettered.
+    max_redeliveries: int = 2
+    # A job synthesizing a content key holds a lease this long, renewed while it works; a job
+    # with the same key waits for the object instead of synthesizing it twice.
+    lease_seconds: float = 30.0
+    # 0 derives the broker's visibility timeout from the time limits (see below); fault tests
+    # set a short one.
+    visibility_timeout: int = 0
+    # Test and benchmark knobs of the fake engine: seconds of sleep per synthesis, and a folder
+    # where it drops a marker file (named after its pid) when a synthesis starts.
+    fake_delay: float = 0.0
+    fake_marker_dir: str = ""
+
+    @property
+    def longest_job_seconds(self) -> float:
+        """The hard time limit of a job of `max_chars` characters."""
+        return (
+            self.task_time_base_seconds
+            + self.task_time_per_char_seconds * self.max_chars
+            + self.task_time_grace_seconds
+        )
+
+    @property
+    def longest_retry_wait_seconds(self) -> float:
+        """The longest countdown before a retry: a worker holds the retried message, unacked,
+        that long before running it (core.delivery: capped backoff times at most 1.5 jitter)."""
+        if not self.max_retries:
+            return 0.0
+        backoff = self.retry_base_seconds * 2.0 ** (self.max_retries - 1)
+        return min(RETRY_CAP_SECONDS, backoff) * 1.5
+
+    @property
+    def visibility_timeout_seconds(self) -> int:
+        if self.visibility_timeout:
+            return self.visibility_timeout
+        return int(self.longest_job_seconds * 1.25 + self.longest_retry_wait_seconds) + 60
+
+    @property
+    def results_url(self) -> str:
+        return self.result_backend or self.broker_url
+
+    def __repr__(self) -> str:
+        # Settings end up in tracebacks and test reports: no password of a URL in them (keys
+        # are left out by repr=False).
+        shown = []
+        for f in fields(self):
+            if f.repr:
+                value = getattr(self, f.name)
+                if isinstance(value, str) and "://" in value:
+                    value = mask_url(value)
+                shown.append(f"{f.name}={value!r}")
+        return f"Settings({', '.join(shown)})"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from `TTS_*` variables (and `TTS_*_FILE` for secrets)."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            raw = _lookup(env, f.name)
+            if raw is None:
+                continue
+            values[f.name] = _parse(f.name, raw, type_name=str(f.type))
+        settings = cls(**values)  # type: ignore[arg-type]
+        _check_visibility_timeout(settings)
+        return _with_stack_credentials(settings, broker_given="broker_url" in values)
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that reproduces these settings in a child process."""
+        env: dict[str, str] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, tuple):
+                text = ",".join(value)
+            elif isinstance(value, bool):
+                text = "true" if value else "false"
+            else:
+                text = str(value)
+            env["TTS_" + f.name.upper()] = text
+        return env
+
+
+def _check_visibility_timeout(settings: Settings) -> None:
+    # Below the longest job (or retry wait) the broker hands a job that still runs, or waits
+    # for its retry, to a second worker: every slow job would run twice.
+    needed = settings.longest_job_seconds + settings.longest_retry_wait_seconds
+    if settings.visibility_timeout and settings.visibility_timeout <= needed:
+        raise ConfigError(
+            f"TTS_VISIBILITY_TIMEOUT: {settings.visibility_timeout} s is not above the longest "
+            f"allowed job plus retry wait ({needed:.0f} s); raise it, or set 0 to derive it"
+        )
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password, if any, replaced by ***."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+
+
+def _lookup(env: Mapping[str, str], name: str) -> str | None:
+    key = "TTS_" + name.upper()
+    if key in env:
+        return env[key]
+    file_key = key + "_FILE"
+    if file_key in env:
+        try:
+            return Path(env[file_key]).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"{file_key}: cannot read {env[file_key]!r}: {exc}") from exc
+    return None
+
+
+def _parse(name: str, raw: str, *, type_name: str) -> object:
+    key = "TTS_" + name.upper()
+    if type_name == "bool":
+        lowered = raw.strip().lower()
+        if lowered in {"1", "true", "yes", "on"}:
+            return True
+        if lowered in {"0", "false", "no", "off", ""}:
+            return False
+        raise ConfigError(f"{key}: expected true or false, got {raw!r}")
+    if type_name in {"int", "float"}:
+        try:
+            number = int(raw) if type_name == "int" else float(raw)
+        except ValueError:
+            raise ConfigError(f"{key}: expected a {type_name}, got {raw!r}") from None
+        if number < 0:
+            raise ConfigError(f"{key}: must not be negative, got {raw!r}")
+        return number
+    if type_name.startswith("tuple"):
+        items = tuple(item.strip() for item in raw.split(",") if item.strip())
+        if not items:
+            raise ConfigError(f"{key}: expected a comma-separated list, got {raw!r}")
+        return items
+    return raw.strip()
+
+
+def credentials_path(stack_dir: str) -> Path:
+    """Where `tts-batch up` keeps the S3 keys it generated for the local stack."""
+    return Path(stack_dir) / "credentials.json"
+
+
+def _with_stack_credentials(settings: Settings, *, broker_given: bool) -> Settings:
+    """Fill what the environment left out from the local stack's credentials file: the S3
+    keys, and the Redis password of the default (local stack) broker URL."""
+    if settings.s3_access_key and settings.s3_secret_key and broker_given:
+        return settings
+    path = credentials_path(settings.stack_dir)
+    try:
+        creds = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return settings
+    broker_url = settings.broker_url
+    password = str(creds.get("redis_password") or "")
+    if password and not broker_given and urlsplit(broker_url).password is None:
+        parts = urlsplit(broker_url)
+        broker_url = urlunsplit(
+            parts._replace(netloc=f":{quote(password, safe='')}@{parts.netloc}")
+        )
+    return _replace(
+        settings,
+        broker_url=broker_url,
+        s3_access_key=settings.s3_access_key or str(creds.get("access_key", "")),
+        s3_secret_key=settings.s3_secret_key or str(creds.get("secret_key", "")),
+    )
+
+
+def _replace(settings: Settings, **changes: object) -> Settings:
+    from dataclasses import replace
+
+    return replace(settings, **changes)  # type: ignore[arg-type]

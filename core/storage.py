@@ -1,0 +1,124 @@
+"""The S3 client, shared by the worker (lookup, upload) and the CLI (fetch).
+
+boto3 against any S3-compatible endpoint: SeaweedFS, MinIO, Ceph RGW, AWS. Every failure of
+the server surfaces as StorageError (transient: the task retries it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from core.errors import ConfigError, StorageError
+from core.settings import Settings
+
+CONTENT_TYPES = {"wav": "audio/wav", "flac": "audio/flac", "ogg": "audio/ogg"}
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    key: str
+    size: int
+    metadata: dict[str, str]
+
+
+class AudioStore:
+    """One bucket of audio objects."""
+
+    def __init__(self, client: Any, bucket: str) -> None:
+        self._client = client
+        self.bucket = bucket
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AudioStore:
+        if not settings.s3_access_key or not settings.s3_secret_key:
+            raise ConfigError(
+                "S3 credentials missing: set TTS_S3_ACCESS_KEY and TTS_S3_SECRET_KEY "
+                "(or *_FILE), or start the local stack with `tts-batch up`"
+            )
+        client = boto3.client(
+            "s3",
+            endpoint_url=settings.s3_endpoint or None,
+            region_name=settings.s3_region,
+            aws_access_key_id=settings.s3_access_key,
+            aws_secret_access_key=settings.s3_secret_key,
+            config=Config(
+                signature_version="s3v4",
+                s3={"addressing_style": "path"},
+                connect_timeout=5,
+                read_timeout=30,
+                # Retries belong to the task (backoff across deliveries), not to a hidden loop.
+                retries={"max_attempts": 2, "mode": "standard"},
+            ),
+        )
+        return cls(client, settings.s3_bucket)
+
+    def uri(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key}"
+
+    def ensure_bucket(self) -> None:
+        """Create the bucket when it is missing."""
+        try:
+            self._client.head_bucket(Bucket=self.bucket)
+            return
+        except ClientError as exc:
+            if _status(exc) not in (404, 400):
+                raise StorageError(f"cannot reach bucket {self.bucket}: {exc}") from exc
+        except BotoCoreError as exc:
+            raise StorageError(f"S3 endpoint unreachable: {exc}") from exc
+        try:
+            self._client.create_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                raise StorageError(f"cannot create bucket {self.bucket}: {exc}") from exc
+        except BotoCoreError as exc:
+            raise StorageError(f"S3 endpoint unreachable: {exc}") from exc
+
+    def head(self, key: str) -> StoredObject | None:
+        """The object's size and metadata, or None when it does not exist."""
+        try:
+            response = self._client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if _status(exc) == 404:
+                return None
+            raise StorageError(f"lookup of {key} failed: {exc}") from exc
+        except BotoCoreError as exc:
+            raise StorageError(f"S3 endpoint unreachable: {exc}") from exc
+        # Servers differ in the case of metadata keys: normalize to lower case.
+        metadata = {k.lower(): v for k, v in response.get("Metadata", {}).items()}
+        return StoredObject(key=key, size=int(response["ContentLength"]), metadata=metadata)
+
+    def put(self, key: str, data: bytes, *, fmt: str, metadata: dict[str, str]) -> None:
+        """Upload one object in a single PUT: readers see all of it or none of it."""
+        try:
+            self._client.put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=data,
+                ContentType=CONTENT_TYPES.get(fmt, "application/octet-stream"),
+                Metadata=metadata,
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise StorageError(f"upload of {key} failed: {exc}") from exc
+
+    def get(self, key: str) -> bytes:
+        try:
+            response = self._client.get_object(Bucket=self.bucket, Key=key)
+            return bytes(response["Body"].read())
+        except (ClientError, BotoCoreError) as exc:
+            raise StorageError(f"download of {key} failed: {exc}") from exc
+
+    def download(self, key: str, path: Path) -> None:
+        tmp = path.with_name(path.name + ".part")
+        tmp.write_bytes(self.get(key))
+        tmp.replace(path)
+
+
+def _status(exc: ClientError) -> int:
+    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))

@@ -1,0 +1,3 @@
+"""The local stack without Docker: `tts-batch up/down/ps` and the test harness's stacks.
+
+Never imported by the worker."""

@@ -1,0 +1,45 @@
+"""Prints where to look after a demo run: audio folder, manifest, Flower, Pushgateway,
+Prometheus. `python -m devstack.where BATCH_ID`"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from pathlib import Path
+
+from core.settings import LOCAL_PORTS, Settings, credentials_path
+
+
+def describe(batch_id: str, settings: Settings) -> str:
+    out = Path("out").resolve()
+    audio = sorted((out / batch_id).glob("*"))
+    creds: dict[str, str] = {}
+    with contextlib.suppress(OSError, ValueError):
+        creds = json.loads(credentials_path(settings.stack_dir).read_text(encoding="utf-8"))
+    flower_user = creds.get("flower_user", "?")
+    lines = [
+        "",
+        f"Audio ({len(audio)} files): {out / batch_id}/",
+        f"Manifest:   {out / (batch_id + '.manifest.jsonl')}",
+        f"Dashboard:  {out / (batch_id + '.dashboard.png')} (tts-batch dashboard draws it anew)",
+        f"S3 objects: s3://{settings.s3_bucket}/audio/ at {settings.s3_endpoint}",
+        f"Flower:     http://127.0.0.1:{LOCAL_PORTS['flower']}/  (user {flower_user}, password "
+        f"in {credentials_path(settings.stack_dir)})",
+        f"Pushgateway: {settings.pushgateway_url}/",
+        f"Prometheus: http://127.0.0.1:{LOCAL_PORTS['prometheus']}/graph?g0.expr=tts_tasks_total",
+        "Stop the stack with: make down",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    if len(sys.argv) != 2:
+        print("usage: python -m devstack.where BATCH_ID", file=sys.stderr)
+        return 2
+    print(describe(sys.argv[1], Settings.from_env()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

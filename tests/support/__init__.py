@@ -1,0 +1,1 @@
+"""Helpers, fixtures and small apps the tests share."""

@@ -1,0 +1,83 @@
+"""espeak-ng: the embedded engine. Real speech with no model download; no Celery here."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import subprocess
+
+import numpy as np
+import soundfile as sf
+
+from core.errors import ConfigError, InvalidJob
+
+# espeak-ng voices for each SFT speaker: (default language, voice variant). The language of a
+# job overrides the default; the variant keeps the speaker's gender.
+_ESPEAK_SPEAKERS: dict[str, tuple[str, str]] = {
+    "中文女": ("zh", "f3"),
+    "中文男": ("zh", "m3"),
+    "日语男": ("ja", "m3"),
+    "粤语女": ("yue", "f3"),
+    "英文女": ("en", "f3"),
+    "英文男": ("en", "m3"),
+    "韩语女": ("ko", "f3"),
+}
+_ESPEAK_VOICES = {"zh": "cmn", "en": "en-us", "ja": "ja", "yue": "yue", "ko": "ko"}
+
+
+class EspeakSynthesizer:
+    """espeak-ng (Debian package `espeak-ng`): real speech with no model download."""
+
+    name = "espeak"
+    sample_rate = 22050
+
+    def __init__(self, *, binary: str = "espeak-ng", words_per_minute: int = 160) -> None:
+        path = shutil.which(binary)
+        if path is None:
+            raise ConfigError(
+                f"engine 'espeak' needs the {binary} program: apt-get install espeak-ng"
+            )
+        self._binary = path
+        self._wpm = words_per_minute
+        version = (
+            subprocess.run(
+                [path, "--version"], capture_output=True, text=True, check=False, timeout=30
+            )
+            .stdout.split(":")[1]
+            .split()[0]
+        )
+        self.model_id = f"espeak-ng-{version}"
+
+    def speakers(self) -> frozenset[str]:
+        return frozenset(_ESPEAK_SPEAKERS)
+
+    def identity(self) -> dict[str, str | int]:
+        return {
+            "engine": self.name,
+            "model": self.model_id,
+            "sample_rate": self.sample_rate,
+            "wpm": self._wpm,
+        }
+
+    def synthesize(self, text: str, *, speaker: str, lang: str | None) -> np.ndarray:
+        if speaker not in _ESPEAK_SPEAKERS:
+            raise InvalidJob(f"espeak has no speaker {speaker!r}", reason="unknown_speaker")
+        default_lang, variant = _ESPEAK_SPEAKERS[speaker]
+        voice = f"{_ESPEAK_VOICES[lang or default_lang]}+{variant}"
+        # Text goes on stdin, never argv: it cannot be taken for an option. No -m: markup in
+        # the text is spoken (or skipped) as text, never interpreted as SSML.
+        proc = subprocess.run(
+            [self._binary, "--stdout", "-b", "1", "-v", voice, "-s", str(self._wpm)],
+            input=text.encode("utf-8"),
+            capture_output=True,
+            check=False,
+            timeout=120,
+        )
+        if proc.returncode != 0 or len(proc.stdout) <= 44:
+            raise RuntimeError(
+                f"espeak-ng exited {proc.returncode}: {proc.stderr.decode(errors='replace')[:200]}"
+            )
+        samples, rate = sf.read(io.BytesIO(proc.stdout), dtype="float32")
+        if rate != self.sample_rate:
+            raise RuntimeError(f"espeak-ng wrote {rate} Hz, expected {self.sample_rate}")
+        return np.asarray(samples, dtype=np.float32)
