@@ -3,37 +3,38 @@ first loads its configuration, not before)."""
 
 from __future__ import annotations
 
+from core.delivery import celery_options
 from core.redis_conn import celery_tls_options
 from core.settings import Settings
-from producer.sender import QUEUE
 
 _settings = Settings.from_env()
+# What the producer's client app uses too (core.delivery): broker, TLS, JSON only, queue.
+_shared = celery_options(_settings)
 
-broker_url = _settings.broker_url
+broker_url = _shared["broker_url"]
+broker_use_ssl = _shared["broker_use_ssl"]
+task_serializer = _shared["task_serializer"]
+accept_content = _shared["accept_content"]
+task_default_queue = _shared["task_default_queue"]
+broker_connection_retry_on_startup = _shared["broker_connection_retry_on_startup"]
 result_backend = _settings.results_url
-# rediss:// URLs: certificates verified (against TTS_REDIS_TLS_CA_FILE if set).
-broker_use_ssl = celery_tls_options(_settings, broker_url)
 redis_backend_use_ssl = celery_tls_options(_settings, result_backend)
-# JSON only: a pickled message could run code in the worker.
-task_serializer = "json"
 result_serializer = "json"
-accept_content = ["json"]
 result_accept_content = ["json"]
-task_default_queue = QUEUE
 # Late ack + prefetch 1: a job is removed from the queue only after it ran, and a worker holds
 # at most the job in hand; a lost process's job is redelivered.
 task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
-# Above the longest allowed job (settings.visibility_timeout_seconds), or a slow job would be
-# handed to a second worker while the first still runs it.
+# Above the longest allowed job (core.delivery.visibility_timeout_seconds), or a slow job would
+# be handed to a second worker while the first still runs it.
 _visibility = _settings.visibility_timeout_seconds
 # kombu's Redis transport re-queues a lost worker's unacked jobs only from a live consumer's
 # periodic sweep, by default every 10 s but scanning on every 10th call only (~100 s): sweep
 # every few seconds instead, so that such a job comes back within the visibility timeout plus
 # one interval. A sweep is one ZRANGE on the unacked index.
 broker_transport_options = {
-    "visibility_timeout": _visibility,
+    **_shared["broker_transport_options"],
     "unacked_restore_interval": min(10, max(1, _visibility // 4)),
     "unacked_restore_throttle": 1,
 }
@@ -43,7 +44,6 @@ result_extended = True
 task_track_started = True
 worker_send_task_events = True
 task_send_sent_event = True
-broker_connection_retry_on_startup = True
 worker_hijack_root_logger = False
 # The engine is loaded once in the parent before the pool forks (worker/engine_host.py), so
 # pool processes start in well under Celery's 4 s worker_proc_alive_timeout; the pool must fork.

@@ -27,7 +27,6 @@ import redis
 
 PREFIX = "tts:batch:"
 PARTS = ("meta", "rows", "order", "weight", "sent", "results", "counts", "attempts")
-SUCCESS_STATUSES = ("succeeded", "cached")
 
 # KEYS: rows, order, weight, results, counts, meta. ARGV: row id, job id, ttl.
 # Returns 1 when the row is new to the batch, 0 when it was already there.

@@ -20,6 +20,12 @@ from core.errors import InvalidJob
 
 SCHEMA_VERSION = 1
 TASK_NAME = "tts.synthesize"
+# A job's terminal outcomes (batch state, results, `tts_tasks_total{status}`); the first two
+# mean the audio exists.
+TASK_STATUSES = ("succeeded", "cached", "failed")
+SUCCESS_STATUSES = TASK_STATUSES[:2]
+# The Pushgateway `job` label of every worker node's metrics group.
+PUSH_JOB = "tts_worker"
 
 ROW_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
 BATCH_ID_PATTERN = ROW_ID_PATTERN

@@ -1,14 +1,40 @@
-"""The exception tree, shared by producer and worker.
+"""The exception tree: every error tts-batch raises on purpose, under one root.
 
 TTSError
-├── ConfigError        settings that cannot work (bad value, missing model directory)
-├── InvalidJob         permanent: bad input; never retried; carries a reason from a fixed set
-│   └── InvalidBatch   a whole file refused (too many rows, unreadable); lists the row errors
-└── TransientError     storage or broker hiccup; retried with backoff
-    └── StorageError
+├── ConfigError            settings that cannot work (bad value, missing model directory,
+│                          a corrupt local-stack credentials file)
+├── PermanentError         a job that can never succeed as given: never retried; has a reason
+│   ├── InvalidJob         bad input (invalid_text, text_too_long, unknown_speaker,
+│   │   │                  unsupported_format, bad_message)
+│   │   └── InvalidBatch   a whole file refused (too many rows, unreadable); lists row errors
+│   ├── EngineFailure      the engine raised on valid input (engine_error)
+│   ├── JobTimeout         the job ran past its time limit (timeout)
+│   ├── WorkerLost         the job was lost with its worker process too often (worker_lost)
+│   └── RetriesExhausted   a transient error outlasted the retries (storage_error)
+├── TransientError         may pass: the task retries it with backoff
+│   └── StorageError       the S3 server did not answer or refused an operation
+├── StackError             a local-stack service could not be started, found or stopped
+└── DashboardError         the dashboard PNG cannot be drawn
 """
 
 from __future__ import annotations
+
+__all__ = [
+    "ERROR_REASONS",
+    "ConfigError",
+    "DashboardError",
+    "EngineFailure",
+    "InvalidBatch",
+    "InvalidJob",
+    "JobTimeout",
+    "PermanentError",
+    "RetriesExhausted",
+    "StackError",
+    "StorageError",
+    "TTSError",
+    "TransientError",
+    "WorkerLost",
+]
 
 # The fixed set of `tts_errors_total{reason}` values and failure reasons in results.
 ERROR_REASONS = (
@@ -32,8 +58,28 @@ class ConfigError(TTSError):
     """The settings cannot work; the message names the variable."""
 
 
-class InvalidJob(TTSError):
-    """A job that can never succeed as given. `reason` is one of ERROR_REASONS."""
+class PermanentError(TTSError):
+    """A job that can never succeed as given: failed at once, never retried. `reason` is one
+    of ERROR_REASONS (the failure's reason in results and in `tts_errors_total`)."""
+
+    default_reason = "bad_message"
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        self.reason = reason or self.default_reason
+        assert self.reason in ERROR_REASONS, self.reason
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Keyword-only state must survive pickling (multiprocessing, Celery's exception info).
+        return (_rebuild_permanent, (type(self), str(self), self.reason))
+
+
+def _rebuild_permanent(cls: type[PermanentError], message: str, reason: str) -> PermanentError:
+    return cls(message, reason=reason)
+
+
+class InvalidJob(PermanentError):
+    """Bad input: a job that can never succeed as given. `reason` is one of ERROR_REASONS."""
 
     def __init__(
         self,
@@ -43,8 +89,6 @@ class InvalidJob(TTSError):
         field: str | None = None,
         row: int | str | None = None,
     ) -> None:
-        assert reason in ERROR_REASONS, reason
-        self.reason = reason
         self.field = field
         self.row = row
         where = []
@@ -53,7 +97,7 @@ class InvalidJob(TTSError):
         if field is not None:
             where.append(f"field '{field}'")
         prefix = ", ".join(where)
-        super().__init__(f"{prefix}: {message}" if prefix else message)
+        super().__init__(f"{prefix}: {message}" if prefix else message, reason=reason)
         self.detail = message
 
     def __reduce__(self) -> tuple[object, ...]:
@@ -75,9 +119,41 @@ class InvalidBatch(InvalidJob):
         self.errors = errors or []
 
 
+class EngineFailure(PermanentError):
+    """The engine raised on valid input."""
+
+    default_reason = "engine_error"
+
+
+class JobTimeout(PermanentError):
+    """The job ran past its time limit."""
+
+    default_reason = "timeout"
+
+
+class WorkerLost(PermanentError):
+    """The job was lost with its worker process more often than allowed."""
+
+    default_reason = "worker_lost"
+
+
+class RetriesExhausted(PermanentError):
+    """A transient error outlasted the job's retries."""
+
+    default_reason = "storage_error"
+
+
 class TransientError(TTSError):
     """A failure that may pass: the task retries it with backoff."""
 
 
 class StorageError(TransientError):
     """The S3 server did not answer or refused an operation."""
+
+
+class StackError(TTSError):
+    """A local-stack service could not be started, found or stopped."""
+
+
+class DashboardError(TTSError):
+    """The dashboard cannot be made: Prometheus unreachable, a query refused, no matplotlib."""

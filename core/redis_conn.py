@@ -20,23 +20,19 @@ def uses_tls(url: str) -> bool:
 
 
 def tls_options(settings: Settings, url: str) -> dict[str, Any]:
-    """redis-py keyword arguments for a `rediss://` URL (nothing for plain `redis://`)."""
+    """redis-py keyword arguments for a `rediss://` URL (nothing for plain `redis://`): the
+    certificate always verified."""
     if not uses_tls(url):
         return {}
-    options: dict[str, Any] = {"ssl_cert_reqs": "required"}
+    options: dict[str, Any] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
     if settings.redis_tls_ca_file:
         options["ssl_ca_certs"] = settings.redis_tls_ca_file
     return options
 
 
 def celery_tls_options(settings: Settings, url: str) -> dict[str, Any] | None:
-    """Celery's broker_use_ssl / redis_backend_use_ssl for a `rediss://` URL."""
-    if not uses_tls(url):
-        return None
-    options: dict[str, Any] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
-    if settings.redis_tls_ca_file:
-        options["ssl_ca_certs"] = settings.redis_tls_ca_file
-    return options
+    """Celery's broker_use_ssl / redis_backend_use_ssl: the same options, None for `redis://`."""
+    return tls_options(settings, url) or None
 
 
 def connect(settings: Settings, url: str | None = None, **kwargs: Any) -> redis.Redis:

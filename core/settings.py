@@ -2,18 +2,18 @@
 
 Every name is `TTS_` + the field name in upper case. Defaults point at the local stack that
 `tts-batch up` starts (its own ports, so it never clashes with services on the standard ones).
-Secrets (S3 keys, Redis password inside the URL) come from the environment, from a `*_FILE`
-variable naming a file, or from the credentials file the local stack writes; never from code.
+Secrets (S3 keys, Redis password inside the URL) come from the environment or from a `*_FILE`
+variable naming a file; never from code. (The CLI and `Producer.from_env` also fall back to the
+local stack's credentials file: devstack.credentials, its only reader.)
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from core.errors import ConfigError
 
@@ -30,9 +30,6 @@ LOCAL_PORTS = {
     "prometheus": 19090,
     "flower": 15555,
 }
-
-# The longest pause before a retry, before jitter (core.delivery caps its backoff here).
-RETRY_CAP_SECONDS = 120.0
 
 
 def _default_stack_dir() -> str:
@@ -88,28 +85,11 @@ class Settings:
     fake_marker_dir: str = ""
 
     @property
-    def longest_job_seconds(self) -> float:
-        """The hard time limit of a job of `max_chars` characters."""
-        return (
-            self.task_time_base_seconds
-            + self.task_time_per_char_seconds * self.max_chars
-            + self.task_time_grace_seconds
-        )
-
-    @property
-    def longest_retry_wait_seconds(self) -> float:
-        """The longest countdown before a retry: a worker holds the retried message, unacked,
-        that long before running it (core.delivery: capped backoff times at most 1.5 jitter)."""
-        if not self.max_retries:
-            return 0.0
-        backoff = self.retry_base_seconds * 2.0 ** (self.max_retries - 1)
-        return min(RETRY_CAP_SECONDS, backoff) * 1.5
-
-    @property
     def visibility_timeout_seconds(self) -> int:
-        if self.visibility_timeout:
-            return self.visibility_timeout
-        return int(self.longest_job_seconds * 1.25 + self.longest_retry_wait_seconds) + 60
+        """The broker's visibility timeout (the rule: core.delivery)."""
+        from core.delivery import visibility_timeout_seconds
+
+        return visibility_timeout_seconds(self)
 
     @property
     def results_url(self) -> str:
@@ -138,8 +118,10 @@ class Settings:
                 continue
             values[f.name] = _parse(f.name, raw, type_name=str(f.type))
         settings = cls(**values)  # type: ignore[arg-type]
-        _check_visibility_timeout(settings)
-        return _with_stack_credentials(settings, broker_given="broker_url" in values)
+        from core.delivery import check_visibility_timeout
+
+        check_visibility_timeout(settings)
+        return settings
 
     def to_env(self) -> dict[str, str]:
         """The environment that reproduces these settings in a child process."""
@@ -154,17 +136,6 @@ class Settings:
                 text = str(value)
             env["TTS_" + f.name.upper()] = text
         return env
-
-
-def _check_visibility_timeout(settings: Settings) -> None:
-    # Below the longest job (or retry wait) the broker hands a job that still runs, or waits
-    # for its retry, to a second worker: every slow job would run twice.
-    needed = settings.longest_job_seconds + settings.longest_retry_wait_seconds
-    if settings.visibility_timeout and settings.visibility_timeout <= needed:
-        raise ConfigError(
-            f"TTS_VISIBILITY_TIMEOUT: {settings.visibility_timeout} s is not above the longest "
-            f"allowed job plus retry wait ({needed:.0f} s); raise it, or set 0 to derive it"
-        )
 
 
 def mask_url(url: str) -> str:
@@ -212,39 +183,3 @@ def _parse(name: str, raw: str, *, type_name: str) -> object:
             raise ConfigError(f"{key}: expected a comma-separated list, got {raw!r}")
         return items
     return raw.strip()
-
-
-def credentials_path(stack_dir: str) -> Path:
-    """Where `tts-batch up` keeps the S3 keys it generated for the local stack."""
-    return Path(stack_dir) / "credentials.json"
-
-
-def _with_stack_credentials(settings: Settings, *, broker_given: bool) -> Settings:
-    """Fill what the environment left out from the local stack's credentials file: the S3
-    keys, and the Redis password of the default (local stack) broker URL."""
-    if settings.s3_access_key and settings.s3_secret_key and broker_given:
-        return settings
-    path = credentials_path(settings.stack_dir)
-    try:
-        creds = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return settings
-    broker_url = settings.broker_url
-    password = str(creds.get("redis_password") or "")
-    if password and not broker_given and urlsplit(broker_url).password is None:
-        parts = urlsplit(broker_url)
-        broker_url = urlunsplit(
-            parts._replace(netloc=f":{quote(password, safe='')}@{parts.netloc}")
-        )
-    return _replace(
-        settings,
-        broker_url=broker_url,
-        s3_access_key=settings.s3_access_key or str(creds.get("access_key", "")),
-        s3_secret_key=settings.s3_secret_key or str(creds.get("secret_key", "")),
-    )
-
-
-def _replace(settings: Settings, **changes: object) -> Settings:
-    from dataclasses import replace
-
-    return replace(settings, **changes)  # type: ignore[arg-type]

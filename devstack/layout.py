@@ -6,14 +6,12 @@ their own, next to a developer's stack on the default ports.
 
 from __future__ import annotations
 
-import json
-import os
 import random
-import secrets
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.settings import LOCAL_PORTS, credentials_path
+from core.settings import LOCAL_PORTS
+from devstack.credentials import credentials_path
 from devstack.procs import ProcDirs, first_busy_port
 
 # SeaweedFS's admin worker dials the admin gRPC port at admin HTTP port + 10000 whatever
@@ -128,51 +126,3 @@ class StackLayout:
     def data_dir(self, name: str) -> Path:
         """The folder a service keeps its data and generated config in."""
         return self.state_dir / name
-
-
-@dataclass(frozen=True)
-class StackCredentials:
-    """Secrets generated once per state folder and reused by every later `up`."""
-
-    access_key: str = field(repr=False)
-    secret_key: str = field(repr=False)
-    flower_user: str
-    flower_password: str = field(repr=False)
-    redis_password: str = field(default="", repr=False)
-
-
-def load_or_create_credentials(path: Path, *, redis_password: bool = False) -> StackCredentials:
-    """Read the stack's credentials file, creating it (mode 0600) with random secrets if absent.
-
-    A Redis password is added to an existing file when asked for; it is never removed.
-    """
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        creds = StackCredentials(**{k: str(v) for k, v in data.items()})
-    except FileNotFoundError:
-        creds = StackCredentials(
-            access_key="TTS" + secrets.token_hex(8).upper(),
-            secret_key=secrets.token_urlsafe(30),
-            flower_user="tts",
-            flower_password=secrets.token_urlsafe(18),
-        )
-    except (OSError, ValueError, TypeError) as exc:
-        raise ValueError(f"{path}: unreadable stack credentials: {exc}") from exc
-    else:
-        if not (redis_password and not creds.redis_password):
-            return creds
-    if redis_password and not creds.redis_password:
-        creds = StackCredentials(**{**asdict(creds), "redis_password": secrets.token_urlsafe(24)})
-    write_secret(path, json.dumps(asdict(creds), indent=2) + "\n")
-    return creds
-
-
-def write_secret(path: Path, text: str) -> None:
-    """Write `text` to `path` atomically, readable by the owner only."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.chmod(tmp, 0o600)
-    tmp.replace(path)

@@ -17,11 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.errors import TTSError
-
-
-class StackError(TTSError):
-    """A local-stack service could not be started, found or stopped."""
+from core.errors import StackError
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from devstack.layout import StackCredentials, StackLayout, write_secret
-from devstack.procs import ProcSpec, StackError
+from core.delivery import CELERY_APP, QUEUE
+from core.errors import StackError
+from devstack.credentials import StackCredentials, write_secret
+from devstack.layout import StackLayout
+from devstack.procs import ProcSpec
 from monitoring.prometheus_config import render_prometheus_config
 
 # The project's Prometheus alert rules, loaded by the stack's Prometheus.
@@ -54,8 +57,8 @@ class ServiceContext:
     layout: StackLayout
     creds: StackCredentials
     env: Mapping[str, str]
-    app: str = "worker.app"
-    queue: str = "tts"
+    app: str = CELERY_APP
+    queue: str = QUEUE
     concurrency: int = 2
     # How often the stack's Prometheus scrapes; tests use 1s to see rates sooner.
     scrape_interval: str = "5s"

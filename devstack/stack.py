@@ -23,15 +23,12 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
+from core.delivery import CELERY_APP, QUEUE
+from core.errors import StackError
 from core.settings import Settings
-from devstack.layout import (
-    StackCredentials,
-    StackLayout,
-    StackPorts,
-    load_or_create_credentials,
-)
+from devstack.credentials import StackCredentials, load_or_create_credentials
+from devstack.layout import StackLayout, StackPorts
 from devstack.procs import (
-    StackError,
     exclusive,
     find_running,
     first_busy_port,
@@ -84,8 +81,8 @@ class LocalStack:
         self,
         layout: StackLayout,
         *,
-        app: str = "worker.app",
-        queue: str = "tts",
+        app: str = CELERY_APP,
+        queue: str = QUEUE,
         base_settings: Settings | None = None,
         extra_env: Mapping[str, str] | None = None,
         redis_password: bool = False,
@@ -111,7 +108,7 @@ class LocalStack:
         cls,
         settings: Settings,
         *,
-        app: str = "worker.app",
+        app: str = CELERY_APP,
         extra_env: Mapping[str, str] | None = None,
         redis_password: bool = False,
     ) -> LocalStack:

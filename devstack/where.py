@@ -3,20 +3,17 @@ Prometheus. `python -m devstack.where BATCH_ID`"""
 
 from __future__ import annotations
 
-import contextlib
-import json
 import sys
 from pathlib import Path
 
-from core.settings import LOCAL_PORTS, Settings, credentials_path
+from core.settings import LOCAL_PORTS, Settings
+from devstack.credentials import credentials_path, local_settings, read_credentials
 
 
 def describe(batch_id: str, settings: Settings) -> str:
     out = Path("out").resolve()
     audio = sorted((out / batch_id).glob("*"))
-    creds: dict[str, str] = {}
-    with contextlib.suppress(OSError, ValueError):
-        creds = json.loads(credentials_path(settings.stack_dir).read_text(encoding="utf-8"))
+    creds = read_credentials(settings.stack_dir)
     flower_user = creds.get("flower_user", "?")
     lines = [
         "",
@@ -37,7 +34,7 @@ def main() -> int:
     if len(sys.argv) != 2:
         print("usage: python -m devstack.where BATCH_ID", file=sys.stderr)
         return 2
-    print(describe(sys.argv[1], Settings.from_env()))
+    print(describe(sys.argv[1], local_settings()))
     return 0
 
 

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from core.contract import PUSH_JOB
+
 # Grafana replaces this in the dashboard; everything else needs a concrete range ("1m").
 RATE_INTERVAL = "$__rate_interval"
 
-# Pushed metrics carry the grouping key's job label; the Pushgateway's own per-group
-# push_time_seconds carries it too, so filter on it to see only worker groups.
-WORKER_JOB = "tts_worker"
+# Pushed metrics carry the grouping key's job label (core.contract.PUSH_JOB); the Pushgateway's
+# own per-group push_time_seconds carries it too, so filter on it to see only worker groups.
+WORKER_JOB = PUSH_JOB
 
 
 @dataclass(frozen=True)

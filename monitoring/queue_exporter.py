@@ -23,9 +23,11 @@ from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from core.delivery import QUEUE
+
 log = logging.getLogger(__name__)
 
-DEFAULT_QUEUES = ("tts",)
+DEFAULT_QUEUES = (QUEUE,)
 DEFAULT_PORT = 9808
 # kombu's Redis transport: the hash of delivered, unacknowledged messages.
 UNACKED_KEY = "unacked"

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from core.errors import TTSError
+from core.errors import DashboardError
 from core.settings import LOCAL_PORTS
 from monitoring.panels import PANELS, Panel
 
@@ -32,10 +32,6 @@ POINTS_PER_PANEL = 240
 DEFAULT_RATE_WINDOW = "1m"
 COLUMNS = 3
 MAX_LEGEND_ENTRIES = 8
-
-
-class DashboardError(TTSError):
-    """The dashboard cannot be made: Prometheus unreachable, a query refused, no matplotlib."""
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ import redis
 from core.batch_state import BatchState, Progress
 from core.contract import (
     BATCH_ID_PATTERN,
+    SUCCESS_STATUSES,
     JobSpec,
     build_message,
     task_id_for,
@@ -59,7 +60,7 @@ class JobResult:
 
     @property
     def ok(self) -> bool:
-        return self.status in ("succeeded", "cached")
+        return self.status in SUCCESS_STATUSES
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -180,7 +181,10 @@ class Producer:
 
     @classmethod
     def from_env(cls) -> Producer:
-        return cls(Settings.from_env())
+        # The local stack's credentials file is the fallback for what the environment omits.
+        from devstack.credentials import local_settings
+
+        return cls(local_settings())
 
     def batch(self, batch_id: str) -> BatchHandle:
         """A handle on an existing batch."""
@@ -320,7 +324,7 @@ class Producer:
         job_ids = list(specs)
         to_send = []
         for job_id, (sent, status) in zip(job_ids, state.job_states(job_ids), strict=True):
-            if status in ("succeeded", "cached"):
+            if status in SUCCESS_STATUSES:
                 report.jobs_already_done += 1
             elif status == "failed":
                 if state.reset_failed(job_id):

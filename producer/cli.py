@@ -1,6 +1,9 @@
 """The `tts-batch` command line.
 
-Exit codes: 0 all good, 1 some jobs failed (or are still pending), 2 usage or input error.
+Exit codes: 0 all good; 1 some jobs failed (or are still pending), or a service (broker, S3,
+Prometheus) could not be reached; 2 usage, input, settings or local-stack error; 130
+interrupted. Every error ends in one line on stderr (`exit_code` maps each kind), never a
+traceback.
 Every option that names a service is read from the TTS_* environment (see core.settings);
 subcommands that need the worker side import it only when run.
 """
@@ -15,9 +18,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from core.errors import ConfigError, InvalidBatch, InvalidJob, TTSError
+from core.delivery import CELERY_APP, QUEUE
+from core.errors import ConfigError, InvalidBatch, InvalidJob, StackError, TTSError
 from core.settings import LOCAL_PORTS, Settings
-from devstack.procs import StackError
+from devstack.credentials import local_settings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -26,22 +30,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        settings = Settings.from_env()
+        settings = local_settings()
         code: int = args.run(args, settings)
         return code
-    except (InvalidBatch, InvalidJob, ConfigError) as exc:
-        print(f"tts-batch: error: {exc}", file=sys.stderr)
-        for detail in getattr(exc, "errors", [])[:20]:
-            print(f"  {detail}", file=sys.stderr)
-        return EXIT_USAGE
-    except StackError as exc:
-        print(f"tts-batch: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except TTSError as exc:
-        print(f"tts-batch: error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        mapped = exit_code(exc)
+        if mapped is None:
+            raise  # a bug: the traceback is what a report needs
+        print(f"tts-batch: error: {_one_line(exc)}", file=sys.stderr)
+        for detail in getattr(exc, "errors", [])[:20]:
+            print(f"  {detail}", file=sys.stderr)
+        return mapped
+
+
+def exit_code(exc: BaseException) -> int | None:
+    """The exit code of every error the CLI can meet; None for one it cannot (a bug)."""
+    from kombu.exceptions import OperationalError
+    from redis.exceptions import RedisError
+
+    if isinstance(exc, InvalidJob | ConfigError | StackError | OSError):
+        # Bad input or settings, the local stack, a file that cannot be read or written.
+        return EXIT_USAGE
+    if isinstance(exc, TTSError | RedisError | OperationalError):
+        # Storage, broker or Prometheus unreachable: may pass.
+        return EXIT_FAILED
+    return None
+
+
+def _one_line(exc: BaseException) -> str:
+    from kombu.exceptions import OperationalError
+    from redis.exceptions import RedisError
+
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, RedisError | OperationalError):
+        return f"cannot reach Redis (the broker): {text}"
+    return text
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -324,7 +349,8 @@ def _cmd_ps(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_dashboard(args: argparse.Namespace, settings: Settings) -> int:
-    from monitoring.render_png import DashboardError, render_dashboard
+    from core.errors import DashboardError
+    from monitoring.render_png import render_dashboard
 
     url = args.prometheus or f"http://127.0.0.1:{LOCAL_PORTS['prometheus']}"
     try:
@@ -353,11 +379,11 @@ def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         "-m",
         "celery",
         "-A",
-        "worker.app",
+        CELERY_APP,
         "worker",
         "-E",
         "-Q",
-        "tts",
+        QUEUE,
         "--concurrency",
         str(concurrency),
         "--hostname",

@@ -11,16 +11,8 @@ from typing import Any
 from celery import Celery
 
 from core.contract import TASK_NAME
-from core.redis_conn import celery_tls_options
+from core.delivery import QUEUE, celery_options, time_limits
 from core.settings import Settings
-
-QUEUE = "tts"
-
-
-def time_limits(settings: Settings, text_chars: int) -> tuple[float, float]:
-    """(soft, hard) time limit of one job, scaled to its text length."""
-    soft = settings.task_time_base_seconds + settings.task_time_per_char_seconds * text_chars
-    return soft, soft + settings.task_time_grace_seconds
 
 
 def client_app(settings: Settings) -> Celery:
@@ -29,14 +21,7 @@ def client_app(settings: Settings) -> Celery:
     # consumer): 100,000 jobs meant 100,000 subscriptions held by the producer and by Redis.
     # The workers still store results with their own backend (celeryconfig).
     app = Celery("tts_batch_producer", broker=settings.broker_url)
-    app.conf.update(
-        broker_use_ssl=celery_tls_options(settings, settings.broker_url),
-        task_serializer="json",
-        accept_content=["json"],
-        task_default_queue=QUEUE,
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout_seconds},
-        broker_connection_retry_on_startup=True,
-    )
+    app.conf.update(**celery_options(settings))
     return app
 
 

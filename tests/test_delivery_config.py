@@ -11,10 +11,9 @@ from types import ModuleType
 
 import pytest
 
-from core.delivery import backoff_seconds
+from core.delivery import backoff_seconds, time_limits
 from core.errors import ConfigError
 from core.settings import Settings
-from producer.sender import time_limits
 
 CELERYCONFIG = Path(__file__).resolve().parent.parent / "celeryconfig.py"
 

@@ -26,11 +26,12 @@ from celery import Celery
 
 from core.batch_state import BatchState
 from core.contract import TASK_NAME, parse_message
+from core.delivery import QUEUE
 from core.errors import ERROR_REASONS, InvalidBatch
 from core.settings import Settings
 from core.storage import AudioStore
 from producer.api import Producer
-from producer.sender import QUEUE, client_app
+from producer.sender import client_app
 from tests.support.helpers import pushgateway_samples, run_cli, wait_until
 from tests.support.hostile_corpus import (
     ACCEPTED,

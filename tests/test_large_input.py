@@ -14,10 +14,10 @@ import pytest
 import redis
 
 from core.batch_state import BatchState
+from core.delivery import QUEUE
 from core.errors import InvalidBatch
 from core.settings import Settings
 from producer.api import Producer
-from producer.sender import QUEUE
 
 pytestmark = pytest.mark.integration
 

@@ -17,16 +17,17 @@ import pytest
 import redis
 
 import celeryconfig
-from core.contract import object_key
+from core.contract import TASK_STATUSES, object_key
+from core.delivery import QUEUE
 from core.errors import ERROR_REASONS, InvalidBatch, InvalidJob
 from core.settings import Settings, mask_url
 from core.storage import AudioStore
 from devstack.stack import LocalStack
 from producer.api import Producer
-from producer.sender import QUEUE, client_app
+from producer.sender import client_app
 from tests.support.helpers import make_settings, pushgateway_samples, wait_until
 from tests.support.hostile_corpus import capture_envelope, good_message, raw_variants
-from worker.push import STORAGE_OPS, TASK_STATUSES
+from worker.push import STORAGE_OPS
 
 pytestmark = pytest.mark.integration
 

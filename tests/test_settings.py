@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from core.errors import ConfigError
-from core.settings import Settings, credentials_path
+from core.settings import Settings
+from devstack.credentials import credentials_path, local_settings
 
 
 def test_defaults_point_at_the_local_stack(tmp_path: Path) -> None:
@@ -54,9 +55,9 @@ def test_stack_credentials_are_the_fallback(tmp_path: Path) -> None:
     credentials_path(str(tmp_path)).write_text(
         json.dumps({"access_key": "stack-ak", "secret_key": "stack-sk"})
     )
-    settings = Settings.from_env({"TTS_STACK_DIR": str(tmp_path)})
+    settings = local_settings({"TTS_STACK_DIR": str(tmp_path)})
     assert (settings.s3_access_key, settings.s3_secret_key) == ("stack-ak", "stack-sk")
-    explicit = Settings.from_env(
+    explicit = local_settings(
         {"TTS_STACK_DIR": str(tmp_path), "TTS_S3_ACCESS_KEY": "a", "TTS_S3_SECRET_KEY": "b"}
     )
     assert explicit.s3_secret_key == "b"
@@ -83,9 +84,21 @@ def test_stack_redis_password_goes_into_the_default_broker_url(tmp_path: Path) -
     credentials_path(str(tmp_path)).write_text(
         json.dumps({"access_key": "a", "secret_key": "s", "redis_password": "p/w@1"})
     )
-    settings = Settings.from_env({"TTS_STACK_DIR": str(tmp_path)})
+    settings = local_settings({"TTS_STACK_DIR": str(tmp_path)})
     assert settings.broker_url == "redis://:p%2Fw%401@127.0.0.1:16379/0"
     assert "p%2Fw%401" not in repr(settings)
     # A broker URL given by the environment is the user's: left as it is.
-    given = Settings.from_env({"TTS_STACK_DIR": str(tmp_path), "TTS_BROKER_URL": "redis://h/0"})
+    given = local_settings({"TTS_STACK_DIR": str(tmp_path), "TTS_BROKER_URL": "redis://h/0"})
     assert given.broker_url == "redis://h/0"
+
+
+def test_settings_from_env_never_read_the_credentials_file(tmp_path: Path) -> None:
+    credentials_path(str(tmp_path)).write_text(json.dumps({"access_key": "a", "secret_key": "s"}))
+    assert Settings.from_env({"TTS_STACK_DIR": str(tmp_path)}).s3_access_key == ""
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]"])
+def test_corrupt_credentials_file_is_one_config_error(tmp_path: Path, text: str) -> None:
+    credentials_path(str(tmp_path)).write_text(text)
+    with pytest.raises(ConfigError, match="unreadable stack credentials"):
+        local_settings({"TTS_STACK_DIR": str(tmp_path)})

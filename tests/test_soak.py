@@ -19,10 +19,10 @@ import redis
 
 import celeryconfig
 from core.batch_state import PARTS, BatchState
+from core.delivery import QUEUE
 from core.settings import Settings
 from core.storage import AudioStore
 from producer.api import Producer
-from producer.sender import QUEUE
 from tests.support.helpers import pushgateway_samples, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.soak]

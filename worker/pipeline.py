@@ -2,8 +2,8 @@
 time-limit exception is let through).
 
 validate -> content key -> cached? -> synthesize -> encode -> upload -> record -> metrics.
-Permanent errors raise InvalidJob (after recording the failure); transient ones raise
-TransientError for the caller to retry.
+Bad input raises InvalidJob, an engine that fails on valid input EngineFailure (both
+PermanentError: never retried); transient ones raise TransientError for the caller to retry.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from core.contract import (
     object_key,
     parse_message,
 )
-from core.errors import InvalidJob, StorageError
+from core.errors import EngineFailure, InvalidJob, StorageError
 from core.settings import Settings
 from core.storage import AudioStore, StoredObject
 from worker.audio import duration_seconds, encode
@@ -134,10 +134,6 @@ def _record(
     if first:
         ctx.metrics.outcome(status)
     return result
-
-
-class EngineFailure(Exception):
-    """The engine raised on valid input: a permanent failure with reason engine_error."""
 
 
 def record_failure(

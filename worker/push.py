@@ -17,12 +17,11 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import delete_from_gateway, push_to_gateway
 
+from core.contract import PUSH_JOB, TASK_STATUSES
 from core.errors import ERROR_REASONS
 
 log = logging.getLogger(__name__)
 
-PUSH_JOB = "tts_worker"
-TASK_STATUSES = ("succeeded", "failed", "cached")
 STORAGE_OPS = ("upload", "lookup")
 # From 50 ms (espeak on a short line) to 30 min (CosyVoice on CPU at RTF ~15 on a long text).
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800)
@@ -227,3 +226,25 @@ class BackgroundPusher:
 
 def grouping_key(worker: str, pid: int | None = None) -> dict[str, str]:
     return {"worker": worker, "process": str(os.getpid() if pid is None else pid)}
+
+
+def start_metrics(
+    *,
+    engine_name: str,
+    model_id: str,
+    version: str,
+    load_seconds: float,
+    worker: str,
+    pushgateway_url: str,
+) -> tuple[WorkerMetrics, BackgroundPusher | None]:
+    """A process's metrics with the engine's info set, and its pusher (None when pushing is
+    off), started and asked for a first push: the one bootstrap of parent and pool processes."""
+    metrics = WorkerMetrics(engine=engine_name)
+    metrics.set_info(model=model_id, version=version, load_seconds=load_seconds)
+    if not pushgateway_url:
+        return metrics, None
+    pusher = BackgroundPusher(
+        metrics.registry, url=pushgateway_url, grouping_key=grouping_key(worker)
+    ).start()
+    pusher.notify()
+    return metrics, pusher

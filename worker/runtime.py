@@ -19,7 +19,7 @@ from core.settings import Settings
 from core.storage import AudioStore
 from worker.lease import ContentLease
 from worker.pipeline import WorkerContext
-from worker.push import BackgroundPusher, WorkerMetrics, grouping_key
+from worker.push import BackgroundPusher, start_metrics
 from worker.synth import Synthesizer, load_engine
 
 log = logging.getLogger(__name__)
@@ -51,10 +51,15 @@ def build_context(
         except StorageError as exc:
             # Not fatal: the storage may come back; each task retries its own storage errors.
             log.warning("could not check the bucket at start-up: %s", exc)
-    metrics = WorkerMetrics(engine=engine.name)
-    version = getattr(engine, "version", engine.model_id)
-    metrics.set_info(model=engine.model_id, version=str(version), load_seconds=load_seconds)
     name = worker_name()
+    metrics, pusher = start_metrics(
+        engine_name=engine.name,
+        model_id=engine.model_id,
+        version=str(getattr(engine, "version", engine.model_id)),
+        load_seconds=load_seconds,
+        worker=name,
+        pushgateway_url=settings.pushgateway_url,
+    )
     client = connect(settings, retry=_redis_retry())
     ctx = WorkerContext(
         settings=settings,
@@ -65,12 +70,6 @@ def build_context(
         worker_name=name,
         leases=ContentLease(client, ttl=settings.lease_seconds),
     )
-    pusher = None
-    if settings.pushgateway_url:
-        pusher = BackgroundPusher(
-            metrics.registry, url=settings.pushgateway_url, grouping_key=grouping_key(name)
-        ).start()
-        pusher.notify()
     return ctx, pusher
 
 

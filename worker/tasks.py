@@ -20,12 +20,20 @@ from celery.signals import (
 
 from core.contract import TASK_NAME
 from core.delivery import backoff_seconds
-from core.errors import InvalidJob, TransientError
+from core.errors import (
+    EngineFailure,
+    InvalidJob,
+    JobTimeout,
+    PermanentError,
+    RetriesExhausted,
+    TransientError,
+    WorkerLost,
+)
 from core.settings import Settings
 from worker import engine_host, runtime
 from worker.app import app
 from worker.parent import broker_guard, consumer
-from worker.pipeline import EngineFailure, WorkerContext, parse, record_failure, run_job
+from worker.pipeline import WorkerContext, parse, record_failure, run_job
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +82,7 @@ def _stop_process(**_: Any) -> None:
 
 
 @app.task(
-    name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True, throws=(InvalidJob,)
+    name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True, throws=(PermanentError,)
 )
 def synthesize(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     """Synthesize one job message (see core.contract) and return its JSON result.
@@ -109,7 +117,7 @@ def _run(task: Task, ctx: WorkerContext, message: Any, *, retries: int) -> dict[
     if lost > ctx.settings.max_redeliveries:
         error = f"the job was lost with its worker process {lost} times"
         record_failure(ctx, message, reason="worker_lost", error=error, attempts=deliveries)
-        raise InvalidJob(error, reason="worker_lost")
+        raise WorkerLost(error)
     if retries == 0 and job.enqueued_at:
         ctx.metrics.queue_wait.observe(max(time.time() - job.enqueued_at, 0.0))
     try:
@@ -118,12 +126,12 @@ def _run(task: Task, ctx: WorkerContext, message: Any, *, retries: int) -> dict[
         _fail(ctx, message, reason=exc.reason, error=str(exc), attempts=attempt)
         raise
     except EngineFailure as exc:
-        _fail(ctx, message, reason="engine_error", error=str(exc), attempts=attempt)
-        raise InvalidJob(str(exc), reason="engine_error") from exc
+        _fail(ctx, message, reason=exc.reason, error=str(exc), attempts=attempt)
+        raise
     except SoftTimeLimitExceeded:
         error = f"the job ran past its time limit ({task.request.timelimit})"
         _fail(ctx, message, reason="timeout", error=error, attempts=attempt)
-        raise InvalidJob(error, reason="timeout") from None
+        raise JobTimeout(error) from None
     except TransientError as exc:
         return _retry_or_dead_letter(task, ctx, message, exc, retries=retries)
 
@@ -141,7 +149,7 @@ def _retry_or_dead_letter(
             error=f"gave up after {retries + 1} attempts: {exc}",
             attempts=retries + 1,
         )
-        raise InvalidJob(str(exc), reason=reason) from exc
+        raise RetriesExhausted(str(exc), reason=reason) from exc
     ctx.metrics.retry(reason)
     countdown = backoff_seconds(retries, base=ctx.settings.retry_base_seconds)
     log.warning("job %s: %s; retry %d in %.1f s", task.request.id, exc, retries + 1, countdown)

@@ -28,7 +28,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from core.settings import Settings
-from devstack.layout import load_or_create_credentials
+from devstack.credentials import load_or_create_credentials, local_settings
 from devstack.procs import is_alive, wait_until
 from devstack.stack import LocalStack, ServiceStatus, StackError, StackLayout, StackPorts
 
@@ -309,8 +309,8 @@ def test_credentials_are_created_once_and_private(tmp_path: Path) -> None:
     with_password = load_or_create_credentials(path, redis_password=True)
     assert with_password.redis_password
     assert with_password.secret_key == first.secret_key
-    # Settings read the same file when no keys are in the environment.
-    settings = Settings.from_env({"TTS_STACK_DIR": str(tmp_path)})
+    # The CLI's settings read the same file when no keys are in the environment.
+    settings = local_settings({"TTS_STACK_DIR": str(tmp_path)})
     assert settings.s3_secret_key == first.secret_key
 
 

@@ -18,7 +18,8 @@ from typing import Any
 import redis
 
 from core.contract import TASK_NAME
-from producer.sender import QUEUE, client_app
+from core.delivery import QUEUE
+from producer.sender import client_app
 
 GOOD_ROW: dict[str, Any] = {
     "id": "bad",

@@ -6,8 +6,10 @@ import os
 
 from celery import Celery
 
+from core.delivery import QUEUE
+
 app = Celery("localstack_test", broker=os.environ.get("TTS_BROKER_URL", "redis://127.0.0.1:1/0"))
-app.conf.task_default_queue = "tts"
+app.conf.task_default_queue = QUEUE
 
 
 @app.task(name="tts.ping")  # type: ignore[untyped-decorator]

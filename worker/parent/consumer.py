@@ -16,7 +16,7 @@ from typing import Any
 from celery.worker.consumer import Consumer
 
 from worker.parent.janitor import Janitor
-from worker.push import BackgroundPusher, WorkerMetrics, grouping_key
+from worker.push import BackgroundPusher, WorkerMetrics, start_metrics
 from worker.synth import Synthesizer
 
 log = logging.getLogger(__name__)
@@ -29,15 +29,16 @@ def start_parent(
 ) -> None:
     """Parent metrics and janitor; called once the worker is ready (after the pool forked).
     The parent loaded the engine (engine_host.preload), so its group reports the load time."""
-    metrics = WorkerMetrics(engine=engine.name)
-    version = getattr(engine, "version", engine.model_id)
-    metrics.set_info(model=engine.model_id, version=str(version), load_seconds=load_seconds)
+    metrics, pusher = start_metrics(
+        engine_name=engine.name,
+        model_id=engine.model_id,
+        version=str(getattr(engine, "version", engine.model_id)),
+        load_seconds=load_seconds,
+        worker=worker,
+        pushgateway_url=pushgateway_url,
+    )
     _parent.update(pid=os.getpid(), metrics=metrics)
-    if pushgateway_url:
-        pusher = BackgroundPusher(
-            metrics.registry, url=pushgateway_url, grouping_key=grouping_key(worker)
-        ).start()
-        pusher.notify()
+    if pusher is not None:
         janitor = Janitor(pushgateway_url, worker=worker).start()
         _parent.update(pusher=pusher, janitor=janitor)
 

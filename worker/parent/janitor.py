@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from prometheus_client.exposition import delete_from_gateway
 
-from worker.push import PUSH_JOB
+from core.contract import PUSH_JOB
 
 log = logging.getLogger(__name__)
 
