@@ -1,5 +1,5 @@
 # The worker, Flower and queue-exporter image of compose/docker-compose.yml (espeak engine).
-# CosyVoice needs its runtime on top: see README, "CosyVoice engine".
+# CosyVoice needs its runtime on top: see docs/cosyvoice.md.
 FROM python:3.11-slim-bookworm
 RUN apt-get update \
  && apt-get install -y --no-install-recommends espeak-ng libsndfile1 \

@@ -21,8 +21,10 @@ from core.errors import ConfigError
 # that one job file works with every engine.
 COSYVOICE_SFT_SPEAKERS = ("中文女", "中文男", "日语男", "粤语女", "英文女", "英文男", "韩语女")
 
-# Ports of the local stack: the standard port + 10000, so a system Redis on 6379 or a
-# Prometheus on 9090 is never touched.
+# Dev-stack defaults. The ports of the local stack (devstack/): the standard port + 10000, so
+# a system Redis on 6379 or a Prometheus on 9090 is never touched. The service URLs below
+# default to them, so that a clone works with `tts-batch up` and no TTS_* variable; production
+# sets every URL.
 LOCAL_PORTS = {
     "redis": 16379,
     "s3": 18333,
@@ -38,6 +40,10 @@ def _default_stack_dir() -> str:
 
 @dataclass(frozen=True)
 class Settings:
+    """Every TTS_* setting, in three groups: production settings; the local stack's state
+    folder (a dev-stack default); and test knobs, which a production deployment leaves unset."""
+
+    # --- Production settings (service URLs default to the local stack: see LOCAL_PORTS) ---
     broker_url: str = f"redis://127.0.0.1:{LOCAL_PORTS['redis']}/0"
     # CA bundle for a `rediss://` broker whose certificate is not signed by a system CA.
     redis_tls_ca_file: str = ""
@@ -62,7 +68,6 @@ class Settings:
     default_format: str = "wav"
     # Batch state (progress, results, dead letters) lives this long after the last write.
     batch_ttl_seconds: int = 7 * 24 * 3600
-    stack_dir: str = field(default_factory=_default_stack_dir)
     # Time limits of one job: base + per character of text (soft), + grace (hard). The broker's
     # visibility timeout is derived from the longest allowed job, so a slow job is never
     # redelivered while it still runs.
@@ -76,11 +81,15 @@ class Settings:
     # A job synthesizing a content key holds a lease this long, renewed while it works; a job
     # with the same key waits for the object instead of synthesizing it twice.
     lease_seconds: float = 30.0
-    # 0 derives the broker's visibility timeout from the time limits (see below); fault tests
-    # set a short one.
+    # 0 derives the broker's visibility timeout from the time limits (core.delivery); fault
+    # tests set a short one.
     visibility_timeout: int = 0
-    # Test and benchmark knobs of the fake engine: seconds of sleep per synthesis, and a folder
-    # where it drops a marker file (named after its pid) when a synthesis starts.
+
+    # --- Dev-stack default: the local stack's state folder (data, logs, pids, credentials) ---
+    stack_dir: str = field(default_factory=_default_stack_dir)
+
+    # --- Test knobs: not for production. The fake engine's seconds of sleep per synthesis,
+    # and a folder where it drops a marker file (named after its pid) when a synthesis starts.
     fake_delay: float = 0.0
     fake_marker_dir: str = ""
 

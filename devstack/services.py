@@ -19,10 +19,8 @@ from core.errors import StackError
 from devstack.credentials import StackCredentials, write_secret
 from devstack.layout import StackLayout
 from devstack.procs import ProcSpec
+from monitoring.generated import compose_dir
 from monitoring.prometheus_config import render_prometheus_config
-
-# The project's Prometheus alert rules, loaded by the stack's Prometheus.
-RULES_SOURCE = Path(__file__).resolve().parent.parent / "compose" / "prometheus" / "rules"
 
 # Services that need nothing but their binary, started first; app services need Redis up.
 BASE_SERVICES = ("redis", "s3", "pushgateway", "prometheus", "queue-exporter")
@@ -326,7 +324,7 @@ def _prometheus(ctx: ServiceContext) -> Service:
     def prepare() -> None:
         rules.mkdir(parents=True, exist_ok=True)
         # The project's alert rules, copied so that the stack runs the version it started with.
-        for rule_file in sorted(RULES_SOURCE.glob("*.yml")):
+        for rule_file in sorted((compose_dir() / "prometheus" / "rules").glob("*.yml")):
             shutil.copyfile(rule_file, rules / rule_file.name)
         text = render_prometheus_config(
             pushgateway=f"{host}:{ports.pushgateway}",

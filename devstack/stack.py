@@ -1,6 +1,6 @@
 """The local stack without Docker: start, find, check and stop its servers as processes.
 
-Used by `tts-batch up` / `down` / `status-stack` and by the integration-test harness::
+Used by `tts-batch up` / `down` / `ps` and by the integration-test harness::
 
     stack = LocalStack(StackLayout(tmp_path, ports=StackPorts.from_base(21000)))
     stack.up(["redis", "s3", "pushgateway"])

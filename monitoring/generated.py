@@ -4,8 +4,27 @@ command-line shape for writing them, or checking that the committed copy is curr
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable
 from pathlib import Path
+
+from core.errors import ConfigError
+
+# The source tree's compose/ folder: where the generators write (they run in a clone).
+SOURCE_COMPOSE = Path(__file__).resolve().parents[1] / "compose"
+
+
+def compose_dir() -> Path:
+    """The compose/ folder to read (alert rules): `TTS_COMPOSE_DIR` when set (an installed
+    package has no source tree beside it), else the source tree's."""
+    given = os.environ.get("TTS_COMPOSE_DIR")
+    path = Path(given) if given else SOURCE_COMPOSE
+    if not (path / "prometheus" / "rules").is_dir():
+        raise ConfigError(
+            f"TTS_COMPOSE_DIR: no prometheus/rules in {path}; point it at the repository's "
+            "compose/ folder"
+        )
+    return path
 
 
 def write_or_check(

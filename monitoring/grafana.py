@@ -7,15 +7,12 @@ exits 1 if the committed file differs (a test runs the same comparison). Standar
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
-from monitoring.generated import write_or_check
+from monitoring.generated import SOURCE_COMPOSE, write_or_check
 from monitoring.panels import PANELS, Panel
 
-DASHBOARD_FILE = (
-    Path(__file__).resolve().parent.parent / "compose" / "grafana" / "dashboards" / "tts-batch.json"
-)
+DASHBOARD_FILE = SOURCE_COMPOSE / "grafana" / "dashboards" / "tts-batch.json"
 DASHBOARD_UID = "tts-batch"
 # Must equal the uid in compose/grafana/provisioning/datasources/prometheus.yml.
 DATASOURCE = {"type": "prometheus", "uid": "tts-prometheus"}

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from monitoring.generated import write_or_check
+from monitoring.generated import SOURCE_COMPOSE, write_or_check
 
 # Where the Compose stack's file lives, and its targets (service name:port).
-COMPOSE_CONFIG = (
-    Path(__file__).resolve().parent.parent / "compose" / "prometheus" / "prometheus.yml"
-)
+COMPOSE_CONFIG = SOURCE_COMPOSE / "prometheus" / "prometheus.yml"
 COMPOSE_TARGETS = {
     "pushgateway": "pushgateway:9091",
     "flower": "flower:5555",

@@ -11,7 +11,7 @@ if [ -n "$model_dir" ]; then
   export TTS_MODEL_DIR="$(cd "$model_dir" && pwd)"
 fi
 if [ "$engine" = cosyvoice ] && [ -z "$model_dir" ]; then
-  echo "make demo ENGINE=cosyvoice needs MODEL_DIR=/path/to/CosyVoice-300M-SFT (see README)" >&2
+  echo "make demo ENGINE=cosyvoice needs MODEL_DIR=/path/to/CosyVoice-300M-SFT (see docs/cosyvoice.md)" >&2
   exit 2
 fi
 

@@ -17,7 +17,7 @@ pytorch#17199, reproduced on this machine); each child sets its own thread count
 (`init_pool_process`, or on first use). The parent must never synthesize, and the pool must
 fork (Celery's `worker_pool_start_method` default on Linux), or the children have no engine.
 
-No Celery import here; see the README ("CosyVoice engine") for the signals the glue connects.
+No Celery import here; see docs/cosyvoice.md for the signals the glue connects.
 """
 
 from __future__ import annotations
