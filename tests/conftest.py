@@ -66,6 +66,7 @@ class Workers:
             self._stack.layout, base_settings=make_settings(**changes), ready_timeout=120
         )
         status = node_stack.up([name], concurrency=concurrency)[name]
+        assert status.pid is not None, status
         self._started.append((node_stack, name))
         return WorkerNode(node_stack, name, status.pid, self._stack.layout.dirs.log_file(name))
 

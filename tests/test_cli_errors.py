@@ -96,10 +96,18 @@ def test_exit_codes(exc: BaseException, code: int | None) -> None:
 
 
 def test_error_tree() -> None:
-    for cls in (InvalidJob, EngineFailure, RetriesExhausted):
+    permanent: tuple[type[TTSError], ...] = (InvalidJob, EngineFailure, RetriesExhausted)
+    for cls in permanent:
         assert issubclass(cls, PermanentError)
     assert not issubclass(TransientError, PermanentError)
-    for cls in (PermanentError, TransientError, ConfigError, StackError, DashboardError):
-        assert issubclass(cls, TTSError)
+    branches: tuple[type[Exception], ...] = (
+        PermanentError,
+        TransientError,
+        ConfigError,
+        StackError,
+        DashboardError,
+    )
+    for branch in branches:
+        assert issubclass(branch, TTSError)
     assert EngineFailure("boom").reason == "engine_error"
     assert RetriesExhausted("gone").reason == "storage_error"

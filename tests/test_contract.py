@@ -82,7 +82,7 @@ def test_task_id_is_stable_and_distinct() -> None:
 
 
 def test_content_key_covers_everything_that_changes_audio() -> None:
-    identity = {"engine": "espeak", "model": "m1", "sample_rate": 22050}
+    identity: dict[str, str | int] = {"engine": "espeak", "model": "m1", "sample_rate": 22050}
     base = content_key(identity, spec())
     assert base == content_key(dict(identity), spec(text="  Hello "))
     assert base != content_key({**identity, "model": "m2"}, spec())

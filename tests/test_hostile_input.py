@@ -271,8 +271,12 @@ def test_worker_fails_hostile_messages_and_the_same_process_goes_on(
         if item.pre_task:
             continue
         if item.job_id is None:
+
+            def failed(task_id: str | None = item.task_id) -> bool:
+                return bool(results.AsyncResult(task_id).state == "FAILURE")
+
             state = wait_until(
-                lambda i=item: results.AsyncResult(i.task_id).state == "FAILURE",
+                failed,
                 timeout=30,
                 what=f"{item.name} failed",
             )

@@ -93,7 +93,8 @@ def test_object_keys_come_from_hashes_only(settings: Settings, workers: Any) -> 
         for page in store._client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
         for item in page.get("Contents", [])
     ]
-    assert sorted(listed) == sorted(res.key for res in results)
+    assert all(res.key is not None for res in results)
+    assert sorted(listed) == sorted(str(res.key) for res in results)
     assert all(KEY_PATTERN.fullmatch(key) for key in listed), listed
     # Ids that could name a path are refused before they get anywhere.
     for bad in ("../x", "a/b", "..\\x", "", "x" * 129):
@@ -122,22 +123,29 @@ def http(url: str, *, auth: tuple[str, str] | None = None) -> tuple[int, str]:
 def redis_dump(r: redis.Redis) -> bytes:
     """Every key and value in the database, as one blob to search."""
     out = []
+    # A client without decode_responses: every reply is bytes (redis-py's types say bytes | str).
     for key in r.scan_iter(count=1000):
-        kind = r.type(key).decode()
+        kind = _b(r.type(key)).decode()
+        values: list[bytes]
         if kind == "string":
-            values = [r.get(key) or b""]
+            values = [_b(r.get(key) or b"")]
         elif kind == "hash":
-            values = [b"%s=%s" % kv for kv in r.hgetall(key).items()]
+            values = [_b(k) + b"=" + _b(v) for k, v in r.hgetall(key).items()]
         elif kind == "list":
-            values = list(r.lrange(key, 0, -1))
+            values = [_b(v) for v in r.lrange(key, 0, -1)]
         elif kind == "set":
-            values = list(r.smembers(key))
+            values = [_b(v) for v in r.smembers(key)]
         elif kind == "zset":
-            values = list(r.zrange(key, 0, -1))
+            values = [_b(v) for v in r.zrange(key, 0, -1)]
         else:
             values = []
-        out.append(key + b" " + b" ".join(values))
+        out.append(_b(key) + b" " + b" ".join(values))
     return b"\n".join(out)
+
+
+def _b(value: object) -> bytes:
+    assert isinstance(value, bytes), value
+    return value
 
 
 def test_credentials_never_in_logs_results_metrics_or_flower(

@@ -91,7 +91,8 @@ def test_soak_10k_jobs_two_processes(settings: Settings, workers: Any) -> None:
     # Nothing duplicated: each job started as often as it was tried (1, unless a transient
     # error scheduled a retry), never redelivered behind the worker's back; one object per key.
     state = BatchState(r, batch.batch_id, ttl_seconds=settings.batch_ttl_seconds)
-    starts = {k.decode(): int(v) for k, v in r.hgetall(state.key("attempts")).items()}
+    attempts: dict[bytes, bytes] = r.hgetall(state.key("attempts"))  # type: ignore[assignment]
+    starts = {k.decode(): int(v) for k, v in attempts.items()}
     assert len(starts) == JOBS
     assert all(starts[res.job_id] == res.attempts for res in results)
     retried = sum(1 for res in results if (res.attempts or 1) > 1)
@@ -106,7 +107,7 @@ def test_soak_10k_jobs_two_processes(settings: Settings, workers: Any) -> None:
     assert sum_samples(url, "tts_inference_duration_seconds_count", worker) == JOBS
     assert sum_samples(url, "tts_errors_total", worker) == 0
     # Both processes worked.
-    per_process = Counter(res_pid for res_pid in (state.result(j)["pid"] for j in _jobs(state)))
+    per_process = Counter(_result(state, j)["pid"] for j in _jobs(state))
     assert len(per_process) == 2 and min(per_process.values()) > JOBS * 0.2, per_process
 
     # Redis stays bounded: the queue is empty and every other key expires on schedule.
@@ -140,3 +141,9 @@ def test_soak_10k_jobs_two_processes(settings: Settings, workers: Any) -> None:
 
 def _jobs(state: BatchState) -> list[str]:
     return [job_id for _, job_id, _ in state.iter_rows()]
+
+
+def _result(state: BatchState, job_id: str) -> dict[str, Any]:
+    record = state.result(job_id)
+    assert record is not None, job_id
+    return record

@@ -59,7 +59,7 @@ def test_collector_reads_depth_and_unacked(redis_port: int) -> None:
 
 def test_collector_reports_redis_down_as_a_value() -> None:
     # Nothing listens on this port: the collector must not raise.
-    client = redis.Redis(port=free_port(), socket_connect_timeout=1, retry=None)
+    client = redis.Redis(port=free_port(), socket_connect_timeout=1, retry=None)  # type: ignore[arg-type]
     registry = make_registry(client)
     assert registry.get_sample_value("tts_queue_up") == 0
     assert registry.get_sample_value("tts_queue_depth", {"queue": "tts"}) is None

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import redis
 
+from core.errors import DashboardError
 from monitoring.panels import PANELS
 from monitoring.prometheus_config import render_prometheus_config
 from monitoring.render_png import (
-    DashboardError,
     PanelData,
     Series,
     draw,

@@ -289,6 +289,7 @@ def capture_envelope(settings: Any) -> dict[str, Any]:
     client_app(settings).send_task(TASK_NAME, args=[message], task_id=str(uuid.uuid4()))
     raw = r.rpop(QUEUE)
     assert raw is not None
+    assert isinstance(raw, bytes)
     envelope: dict[str, Any] = json.loads(raw)
     return envelope
 
@@ -318,7 +319,7 @@ def raw_variants(envelope: dict[str, Any], *, tripwire: Path) -> dict[str, dict[
         headers: dict[str, Any] | None = None,
         drop_header: str | None = None,
     ) -> dict[str, Any]:
-        env = json.loads(json.dumps(envelope))
+        env: dict[str, Any] = json.loads(json.dumps(envelope))
         if body is not None:
             env["body"] = base64.b64encode(body).decode()
         if content_type is not None:
