@@ -12,13 +12,16 @@ import logging
 import os
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import delete_from_gateway, push_to_gateway
 
 from core.contract import PUSH_JOB, TASK_STATUSES
 from core.errors import ERROR_REASONS
+
+if TYPE_CHECKING:
+    from worker.synth import Synthesizer
 
 log = logging.getLogger(__name__)
 
@@ -229,18 +232,13 @@ def grouping_key(worker: str, pid: int | None = None) -> dict[str, str]:
 
 
 def start_metrics(
-    *,
-    engine_name: str,
-    model_id: str,
-    version: str,
-    load_seconds: float,
-    worker: str,
-    pushgateway_url: str,
+    engine: Synthesizer, *, load_seconds: float, worker: str, pushgateway_url: str
 ) -> tuple[WorkerMetrics, BackgroundPusher | None]:
     """A process's metrics with the engine's info set, and its pusher (None when pushing is
     off), started and asked for a first push: the one bootstrap of parent and pool processes."""
-    metrics = WorkerMetrics(engine=engine_name)
-    metrics.set_info(model=model_id, version=version, load_seconds=load_seconds)
+    metrics = WorkerMetrics(engine=engine.name)
+    version = str(getattr(engine, "version", engine.model_id))
+    metrics.set_info(model=engine.model_id, version=version, load_seconds=load_seconds)
     if not pushgateway_url:
         return metrics, None
     pusher = BackgroundPusher(

@@ -53,12 +53,7 @@ def build_context(
             log.warning("could not check the bucket at start-up: %s", exc)
     name = worker_name()
     metrics, pusher = start_metrics(
-        engine_name=engine.name,
-        model_id=engine.model_id,
-        version=str(getattr(engine, "version", engine.model_id)),
-        load_seconds=load_seconds,
-        worker=name,
-        pushgateway_url=settings.pushgateway_url,
+        engine, load_seconds=load_seconds, worker=name, pushgateway_url=settings.pushgateway_url
     )
     client = connect(settings, retry=_redis_retry())
     ctx = WorkerContext(

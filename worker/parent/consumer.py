@@ -30,12 +30,7 @@ def start_parent(
     """Parent metrics and janitor; called once the worker is ready (after the pool forked).
     The parent loaded the engine (engine_host.preload), so its group reports the load time."""
     metrics, pusher = start_metrics(
-        engine_name=engine.name,
-        model_id=engine.model_id,
-        version=str(getattr(engine, "version", engine.model_id)),
-        load_seconds=load_seconds,
-        worker=worker,
-        pushgateway_url=pushgateway_url,
+        engine, load_seconds=load_seconds, worker=worker, pushgateway_url=pushgateway_url
     )
     _parent.update(pid=os.getpid(), metrics=metrics)
     if pusher is not None:
