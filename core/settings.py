@@ -59,6 +59,9 @@ class Settings:
     pushgateway_url: str = f"http://127.0.0.1:{LOCAL_PORTS['pushgateway']}"
     engine: str = "espeak"
     model_dir: str = ""
+    # CosyVoice speed levers: upstream, exact (the default) or fast (worker.engines.cosyvoice
+    # .presets). Part of the engine identity, so presets never share cached audio.
+    cosyvoice_preset: str = "exact"
     # 0 means: the machine's cores divided among the worker processes.
     threads: int = 0
     concurrency: int = 2

@@ -74,6 +74,28 @@ def test_tiny_model_in_a_real_worker_lands_in_s3(
     assert loads and all(value > 0 for value in loads)
 
 
+@pytest.mark.parametrize("preset", ["upstream", "fast"])
+def test_each_preset_lands_in_s3_under_its_own_key(
+    settings: Settings, workers: Any, tiny_model_dir: Path, preset: str
+) -> None:
+    # The default (exact) preset is the test above; a row keyed under one preset is never
+    # served to another, since the preset is part of the engine identity.
+    node = workers.start(
+        concurrency=1,
+        engine="cosyvoice",
+        model_dir=str(tiny_model_dir),
+        threads=1,
+        cosyvoice_preset=preset,
+    )
+    rows = [{**ROWS[1], "id": f"en-{preset}"}]
+    (result,) = Producer(settings).submit_batch(rows).wait(timeout=600)
+    assert result.status == "succeeded", result.error
+    assert result.key is not None and not result.cached
+    head = AudioStore.from_settings(settings).head(result.key)
+    assert head is not None and head.metadata["engine"] == "cosyvoice"
+    node.stop()
+
+
 @pytest.mark.parametrize("missing", ["dir", "llm.pt"])
 def test_worker_with_a_broken_model_dir_exits_with_one_line(
     settings: Settings, tiny_model_dir: Path, tmp_path: Path, missing: str

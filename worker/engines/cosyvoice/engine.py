@@ -8,6 +8,12 @@ imported and is never replaced by a hub download.
 Threads: the model loads with one torch thread, so that a worker can load it in its parent
 process and fork (no OpenMP pool exists yet to break in the children, pytorch#17199); each
 process switches to `threads` on its first synthesis.
+
+Speed: `TTS_COSYVOICE_PRESET` (worker.engines.cosyvoice.presets) picks upstream's code for every
+stage, the exact default (own decode loop, weight norm folded) or the approximate fast levers.
+Every preset runs the stages the way upstream's non-streaming `CosyVoiceModel.tts` does (LLM,
+then flow, then vocoder, drawing on the global torch RNG in the same order), and records each
+stage's time in `last_stages`.
 """
 
 from __future__ import annotations
@@ -19,11 +25,14 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from core.errors import ConfigError, InvalidJob
 from core.settings import Settings
 from worker.engines.cosyvoice.model_dir import check_model_dir, is_random_model, model_fingerprint
+from worker.engines.cosyvoice.presets import DEFAULT_PRESET, Preset, get_preset
 from worker.engines.cosyvoice.text import TextSplitter
 
 log = logging.getLogger(__name__)
@@ -38,6 +47,16 @@ def default_threads(settings: Settings) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, settings.concurrency))
 
 
+@dataclass
+class StageTimes:
+    """Seconds spent in each stage of the last synthesis (all its chunks), and speech tokens."""
+
+    llm: float = 0.0
+    flow: float = 0.0
+    hift: float = 0.0
+    speech_tokens: int = 0
+
+
 class CosyVoiceSynthesizer:
     """CosyVoice-300M-SFT: the seven built-in speakers, 22050 Hz float32 mono.
 
@@ -47,7 +66,10 @@ class CosyVoiceSynthesizer:
 
     name = "cosyvoice"
 
-    def __init__(self, model_dir: str, *, threads: int, seed: int = 0) -> None:
+    def __init__(
+        self, model_dir: str, *, threads: int, seed: int = 0, preset: str = DEFAULT_PRESET
+    ) -> None:
+        self.preset: Preset = get_preset(preset)
         path = check_model_dir(model_dir)
         self.random_weights = is_random_model(path)
         prefix = "cosyvoice-300m-sft-random" if self.random_weights else "cosyvoice-300m-sft"
@@ -57,7 +79,9 @@ class CosyVoiceSynthesizer:
         self._threads_pid = -1
         started = time.monotonic()
         self._model = _load_cosyvoice(path)
+        self._stages = _build_stages(self._model.model, self.preset)
         self.load_seconds = time.monotonic() - started
+        self.last_stages = StageTimes()
         self.sample_rate = int(self._model.sample_rate)
         self._speakers = frozenset(str(s) for s in self._model.list_available_spks())
         self._splitter = TextSplitter(self._model.frontend)
@@ -70,7 +94,11 @@ class CosyVoiceSynthesizer:
     @classmethod
     def from_settings(cls, settings: Settings) -> CosyVoiceSynthesizer:
         """Load `settings.model_dir` with `settings.threads` (0: cores / concurrency)."""
-        return cls(settings.model_dir, threads=default_threads(settings))
+        return cls(
+            settings.model_dir,
+            threads=default_threads(settings),
+            preset=settings.cosyvoice_preset,
+        )
 
     def speakers(self) -> frozenset[str]:
         return self._speakers
@@ -83,6 +111,7 @@ class CosyVoiceSynthesizer:
             "runtime": self.version,
             "frontend": self._splitter.frontend_name,
             "seed": self._seed,
+            **self.preset.identity(),
         }
 
     def synthesize(self, text: str, *, speaker: str, lang: str | None) -> np.ndarray:
@@ -104,15 +133,14 @@ class CosyVoiceSynthesizer:
         # Sampling (LLM), flow noise and the vocoder's excitation are random: a fixed seed per
         # job makes the same request give the same audio (a redelivered job, a re-run batch).
         torch.manual_seed(self._seed)
+        self.last_stages = StageTimes()
         pieces = []
         for chunk in chunks:
-            # text_frontend=False: the text is already normalized (and kept away from the
-            # package's French branch, which misroutes zh/en text containing "son", "car"...).
-            # These two calls are upstream `CosyVoice.inference_sft` with text_frontend=False,
-            # minus its progress bar (which would flood worker logs).
+            # The text is already normalized (and kept away from the package's French branch,
+            # which misroutes zh/en text containing "son", "car"...): upstream
+            # `CosyVoice.inference_sft` with text_frontend=False, minus its progress bar.
             model_input = self._model.frontend.frontend_sft(chunk, speaker)
-            for out in self._model.model.tts(**model_input, stream=False, speed=1.0):
-                pieces.append(out["tts_speech"].reshape(-1).numpy())
+            pieces.append(self._stages.speak(model_input, self.last_stages))
         audio = np.concatenate(pieces).astype(np.float32, copy=False)
         if not np.isfinite(audio).all():
             raise RuntimeError("cosyvoice produced non-finite samples")
@@ -128,9 +156,89 @@ class CosyVoiceSynthesizer:
             self._threads_pid = os.getpid()
 
     @property
+    def decoder(self) -> Any:
+        """The preset's `SpeechTokenDecoder`, or None for upstream's loop (parity checks)."""
+        return self._stages.decoder
+
+    @property
     def upstream(self) -> Any:
         """The upstream `CosyVoice` object (benchmarks time its stages)."""
         return self._model
+
+
+class _Stages:
+    """LLM, flow and vocoder of one preset, run as upstream's non-streaming `tts` runs them."""
+
+    def __init__(self, model: Any, preset: Preset) -> None:
+        self._llm = model.llm
+        self._flow = model.flow
+        self._hift = model.hift
+        # The project's decode loop (None: upstream's `TransformerLM.inference`).
+        self.decoder: Any = None
+        if preset.decode == "exact":
+            from worker.engines.cosyvoice.decode import SpeechTokenDecoder
+
+            self.decoder = SpeechTokenDecoder(model.llm)
+
+    def speak(self, model_input: dict[str, Any], times: StageTimes) -> np.ndarray:
+        import torch
+
+        started = time.perf_counter()
+        tokens = list(self._speech_tokens(model_input))
+        flow_started = time.perf_counter()
+        # The calls upstream `CosyVoiceModel.token2wav(..., finalize=True)` makes for a whole
+        # utterance with no prompt and no streaming caches.
+        with torch.inference_mode():
+            mel, _ = self._flow.inference(
+                token=torch.tensor(tokens).unsqueeze(dim=0),
+                token_len=torch.tensor([len(tokens)], dtype=torch.int32),
+                prompt_token=torch.zeros(1, 0, dtype=torch.int32),
+                prompt_token_len=torch.tensor([0], dtype=torch.int32),
+                prompt_feat=torch.zeros(1, 0, 80),
+                prompt_feat_len=torch.tensor([0], dtype=torch.int32),
+                embedding=model_input["flow_embedding"],
+                flow_cache=torch.zeros(1, 80, 0, 2),
+            )
+            hift_started = time.perf_counter()
+            speech, _ = self._hift.inference(speech_feat=mel, cache_source=torch.zeros(1, 1, 0))
+        done = time.perf_counter()
+        times.llm += flow_started - started
+        times.flow += hift_started - flow_started
+        times.hift += done - hift_started
+        times.speech_tokens += len(tokens)
+        return speech.reshape(-1).numpy()  # type: ignore[no-any-return]
+
+    def _speech_tokens(self, model_input: dict[str, Any]) -> Any:
+        import torch
+
+        text = model_input["text"]
+        text_len = torch.tensor([text.shape[1]], dtype=torch.int32)
+        if self.decoder is not None:
+            return self.decoder.generate(text, text_len, model_input["llm_embedding"])
+        # Upstream `CosyVoiceModel.llm_job` for SFT: no prompt text, no prompt speech.
+        no_prompt = torch.zeros(1, 0, dtype=torch.int32)
+        return self._llm.inference(
+            text=text,
+            text_len=text_len,
+            prompt_text=no_prompt,
+            prompt_text_len=torch.tensor([0], dtype=torch.int32),
+            prompt_speech_token=no_prompt,
+            prompt_speech_token_len=torch.tensor([0], dtype=torch.int32),
+            embedding=model_input["llm_embedding"],
+        )
+
+
+def _build_stages(model: Any, preset: Preset) -> _Stages:
+    """Apply the preset's levers to the loaded upstream model (in place) and wrap its stages."""
+    if preset.llm_int8:
+        from worker.engines.cosyvoice.quantize import quantize_llm_layers
+
+        quantize_llm_layers(model.llm)
+    if preset.hift_fold_weight_norm:
+        from worker.engines.cosyvoice.vocoder import strip_weight_norm
+
+        strip_weight_norm(model.hift)
+    return _Stages(model, preset)
 
 
 def _load_cosyvoice(path: Path) -> Any:

@@ -1,0 +1,61 @@
+"""The CosyVoice engine's speed presets (`TTS_COSYVOICE_PRESET`): which levers each turns on.
+
+- `upstream`: upstream's code for every stage, as `CosyVoice.inference_sft` runs it: the
+  reference the others are measured against.
+- `exact` (the default): the project's own decode loop and weight norm folded out of the
+  vocoder: upstream's audio up to float rounding, several times faster.
+- `fast`: `exact` plus the approximate levers that paid in the benchmark (int8 LLM, fewer
+  flow steps). Approximate: checked on random weights only; see docs/cosyvoice.md.
+
+Every lever changes the audio at least at float level, so the preset and its levers are part of
+the engine identity, and with it the content key: audio of two presets never shares a cache
+entry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from core.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    # "upstream": TransformerLM.inference; "exact": worker.engines.cosyvoice.decode.
+    decode: str = "exact"
+    # Dynamic int8 (qint8) for the LLM layers' linear maps (approximate).
+    llm_int8: bool = False
+    # Fold HiFT's weight normalization into plain weights once at load (exact).
+    hift_fold_weight_norm: bool = True
+    # Flow ODE: Euler steps of upstream's cosine time schedule (10 upstream; fewer approximate).
+    flow_steps: int = 10
+
+    @property
+    def exact(self) -> bool:
+        """True if the preset gives upstream's audio up to float rounding."""
+        return not self.llm_int8 and self.flow_steps == 10
+
+    def identity(self) -> dict[str, str | int]:
+        """The preset's part of the engine identity (and so of the content key)."""
+        levers = ",".join(f"{k}={v}" for k, v in asdict(self).items() if k != "name")
+        return {"preset": self.name, "levers": levers}
+
+
+PRESETS = {
+    "upstream": Preset("upstream", decode="upstream", hift_fold_weight_norm=False),
+    "exact": Preset("exact"),
+    "fast": Preset("fast", llm_int8=True, flow_steps=10),
+}
+DEFAULT_PRESET = "exact"
+
+
+def get_preset(name: str) -> Preset:
+    """The preset called `name`, or ConfigError naming the setting and the choices."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        known = ", ".join(PRESETS)
+        raise ConfigError(
+            f"TTS_COSYVOICE_PRESET: unknown preset {name!r}; known: {known}"
+        ) from None
