@@ -151,51 +151,69 @@ def near_tie(log_probs: Any, first: int, second: int) -> bool:
     return abs(float(probs[first]) - float(probs[second])) < NEAR_TIE_PROBABILITY
 
 
-def llm_parity(upstream: Any, decoder: Any, seed: int = 0) -> dict[str, Any]:
-    """Teacher-forced and free-running parity of `decoder` against upstream on TEXTS."""
+@dataclass(frozen=True)
+class Reference:
+    """Upstream's speech tokens for one chunk (seeded) and its teacher-forced log-probs."""
+
+    text: str
+    model_input: dict[str, Any]
+    tokens: list[int]
+    log_probs: Any
+
+
+def references(upstream: Any, texts: list[tuple[str, str, str]], seed: int) -> list[Reference]:
+    """Upstream's tokens and log-probabilities for every chunk of `texts`."""
+    llm = upstream.model.llm
+    found = []
+    for lang, speaker, text in texts:
+        for model_input in sft_inputs(upstream, text, speaker, lang):
+            tokens = upstream_tokens(llm, model_input, seed)
+            found.append(
+                Reference(
+                    text, model_input, tokens, upstream_teacher_forced(llm, model_input, tokens)
+                )
+            )
+    return found
+
+
+def llm_parity(decoder: Any, refs: list[Reference], seed: int = 0) -> dict[str, Any]:
+    """Teacher-forced and free-running parity of `decoder` against upstream's references."""
     import torch
 
-    texts_equal, divergences, worst = 0, [], LogitParity(0, 0.0, 1.0, 0.0)
+    identical, divergences = 0, []
     steps = agree_steps = 0
-    kl_sum = 0.0
-    for lang, speaker, text in TEXTS:
-        for model_input in sft_inputs(upstream, text, speaker, lang):
-            reference_tokens = upstream_tokens(upstream.model.llm, model_input, seed)
-            torch.manual_seed(seed)
-            text_tokens = model_input["text"]
-            text_len = torch.tensor([text_tokens.shape[1]], dtype=torch.int32)
-            embedding = model_input["llm_embedding"]
-            ours = list(decoder.generate(text_tokens, text_len, embedding))
-            reference = upstream_teacher_forced(upstream.model.llm, model_input, reference_tokens)
-            candidate = decoder.teacher_forced(text_tokens, text_len, embedding, reference_tokens)
-            parity = compare_log_probs(reference, candidate)
-            steps += parity.steps
-            agree_steps += round(parity.top1_agreement * parity.steps)
-            kl_sum += parity.mean_kl * parity.steps
-            worst = LogitParity(
-                steps,
-                max(worst.max_relative_difference, parity.max_relative_difference),
-                agree_steps / steps,
-                kl_sum / steps,
-            )
-            if ours == reference_tokens:
-                texts_equal += 1
-                continue
-            at = next(
-                (i for i, (a, b) in enumerate(zip(ours, reference_tokens, strict=False)) if a != b),
-                min(len(ours), len(reference_tokens)),
-            )
-            tie = (
-                at < len(ours)
-                and at < len(reference_tokens)
-                and near_tie(reference[at], ours[at], reference_tokens[at])
-            )
-            divergences.append({"text": text, "first_step": at, "near_tie": tie})
+    kl_sum, worst_relative = 0.0, 0.0
+    for ref in refs:
+        text_tokens = ref.model_input["text"]
+        text_len = torch.tensor([text_tokens.shape[1]], dtype=torch.int32)
+        embedding = ref.model_input["llm_embedding"]
+        torch.manual_seed(seed)
+        ours = list(decoder.generate(text_tokens, text_len, embedding))
+        candidate = decoder.teacher_forced(text_tokens, text_len, embedding, ref.tokens)
+        parity = compare_log_probs(ref.log_probs, candidate)
+        steps += parity.steps
+        agree_steps += round(parity.top1_agreement * parity.steps)
+        kl_sum += parity.mean_kl * parity.steps
+        worst_relative = max(worst_relative, parity.max_relative_difference)
+        if ours == ref.tokens:
+            identical += 1
+            continue
+        at = next(
+            (i for i, (a, b) in enumerate(zip(ours, ref.tokens, strict=False)) if a != b),
+            min(len(ours), len(ref.tokens)),
+        )
+        tie = (
+            at < len(ours)
+            and at < len(ref.tokens)
+            and near_tie(ref.log_probs[at], ours[at], ref.tokens[at])
+        )
+        divergences.append({"text": ref.text, "first_step": at, "near_tie": tie})
+    teacher_forced = LogitParity(steps, worst_relative, agree_steps / steps, kl_sum / steps)
     return {
-        "teacher_forced": worst.as_dict(),
+        "teacher_forced": teacher_forced.as_dict(),
         "free_running": {
-            "chunks": texts_equal + len(divergences),
-            "identical": texts_equal,
+            "chunks": len(refs),
+            "identical": identical,
             "divergences": divergences,
         },
     }
@@ -210,7 +228,7 @@ def waveform_snr_db(reference: Any, candidate: Any) -> float:
     return math.inf if noise == 0 else 10 * math.log10(signal / noise)
 
 
-def run(model_dir: Path, presets: list[str], threads: int) -> dict[str, Any]:
+def run(model_dir: Path, presets: list[str], threads: int, texts: int) -> dict[str, Any]:
     import numpy as np
     import torch
 
@@ -220,10 +238,11 @@ def run(model_dir: Path, presets: list[str], threads: int) -> dict[str, Any]:
     reference = CosyVoiceSynthesizer(str(model_dir), threads=threads, preset="upstream")
     lang, speaker, text = TEXTS[1]
     reference_audio = reference.synthesize(text, speaker=speaker, lang=lang)
+    refs = references(reference.upstream, TEXTS[:texts], seed=0)
     report: dict[str, Any] = {"model_dir": str(model_dir), "presets": {}}
     for name in presets:
         engine = CosyVoiceSynthesizer(str(model_dir), threads=threads, preset=name)
-        figures = llm_parity(reference.upstream, engine.decoder)
+        figures = llm_parity(engine.decoder, refs)
         audio = engine.synthesize(text, speaker=speaker, lang=lang)
         same_length = audio.shape == reference_audio.shape
         figures["en_waveform_snr_db"] = (
@@ -242,9 +261,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-dir", type=Path, required=True)
     parser.add_argument("--presets", default="exact,fast")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--texts", type=int, default=len(TEXTS), help=f"the first N of {len(TEXTS)} texts"
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
-    report = run(args.model_dir.resolve(), args.presets.split(","), args.threads)
+    report = run(args.model_dir.resolve(), args.presets.split(","), args.threads, args.texts)
     if args.out:
         args.out.write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n")
     return 0

@@ -50,7 +50,7 @@ class PositionTables:
     def __init__(self, encoder: Any, heads: int, d_k: int) -> None:
         pe = encoder.embed.pos_enc.pe  # (1, 2 * max_len - 1, d_model), relative +max..-max
         self._pe = pe[0]
-        self._center = pe.size(1) // 2  # index of relative position 0
+        self._center = int(pe.size(1)) // 2  # index of relative position 0
         self._projections = [layer.self_attn.linear_pos for layer in encoder.encoders]
         self._heads, self._d_k = heads, d_k
         self.tables: list[torch.Tensor] = [
@@ -59,7 +59,7 @@ class PositionTables:
 
     @property
     def capacity(self) -> int:
-        return self.tables[0].size(1)
+        return int(self.tables[0].size(1))
 
     @property
     def limit(self) -> int:
@@ -233,7 +233,7 @@ def _check_supported(llm: Any) -> None:
     from cosyvoice.transformer.embedding import EspnetRelPositionalEncoding
     from cosyvoice.transformer.encoder_layer import TransformerEncoderLayer
 
-    encoder = getattr(llm, "llm", None)
+    encoder: Any = getattr(llm, "llm", None)
     reasons = []
     if type(llm) is not TransformerLM:
         reasons.append(f"LLM is {type(llm).__name__}, not the v1 TransformerLM")

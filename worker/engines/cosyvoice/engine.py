@@ -21,11 +21,10 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
-
-from dataclasses import dataclass
 
 import numpy as np
 

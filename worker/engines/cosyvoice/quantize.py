@@ -33,6 +33,8 @@ def quantize_llm_layers(llm: Any) -> int:
         warnings.simplefilter("ignore", DeprecationWarning)
         for owner, name in targets:
             wrapped = torch.nn.Sequential(getattr(owner, name))
-            quantized = quantize_dynamic(wrapped, {torch.nn.Linear}, dtype=torch.qint8)
+            quantized = quantize_dynamic(  # type: ignore[no-untyped-call]
+                wrapped, {torch.nn.Linear}, dtype=torch.qint8
+            )
             setattr(owner, name, quantized[0])
     return len(targets)
