@@ -21,10 +21,11 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 
@@ -35,6 +36,8 @@ from worker.engines.cosyvoice.presets import DEFAULT_PRESET, Preset, get_preset
 from worker.engines.cosyvoice.text import TextSplitter
 
 log = logging.getLogger(__name__)
+P = ParamSpec("P")
+R = TypeVar("R")
 
 RUNTIME_PACKAGE = "cosyvoice2-fr-infer"
 
@@ -54,6 +57,8 @@ class StageTimes:
     flow: float = 0.0
     hift: float = 0.0
     speech_tokens: int = 0
+    # Each chunk's speech tokens (parity checks compare them with upstream's).
+    tokens: list[list[int]] = field(default_factory=list)
 
 
 class CosyVoiceSynthesizer:
@@ -66,9 +71,14 @@ class CosyVoiceSynthesizer:
     name = "cosyvoice"
 
     def __init__(
-        self, model_dir: str, *, threads: int, seed: int = 0, preset: str = DEFAULT_PRESET
+        self,
+        model_dir: str,
+        *,
+        threads: int,
+        seed: int = 0,
+        preset: str | Preset = DEFAULT_PRESET,
     ) -> None:
-        self.preset: Preset = get_preset(preset)
+        self.preset = preset if isinstance(preset, Preset) else get_preset(preset)
         path = check_model_dir(model_dir)
         self.random_weights = is_random_model(path)
         prefix = "cosyvoice-300m-sft-random" if self.random_weights else "cosyvoice-300m-sft"
@@ -155,6 +165,11 @@ class CosyVoiceSynthesizer:
             self._threads_pid = os.getpid()
 
     @property
+    def stages(self) -> _Stages:
+        """The preset's stages (benchmarks time and compare them one by one)."""
+        return self._stages
+
+    @property
     def decoder(self) -> Any:
         """The preset's `SpeechTokenDecoder`, or None for upstream's loop (parity checks)."""
         return self._stages.decoder
@@ -163,6 +178,18 @@ class CosyVoiceSynthesizer:
     def upstream(self) -> Any:
         """The upstream `CosyVoice` object (benchmarks time its stages)."""
         return self._model
+
+
+def torch_inference_mode(fn: Callable[P, R]) -> Callable[P, R]:
+    """`torch.inference_mode()` as a decorator, with torch imported at the first call."""
+
+    def wrapped(*args: P.args, **kwargs: P.kwargs) -> R:
+        import torch
+
+        with torch.inference_mode():
+            return fn(*args, **kwargs)
+
+    return wrapped
 
 
 class _Stages:
@@ -183,28 +210,44 @@ class _Stages:
         import torch
 
         started = time.perf_counter()
-        tokens = list(self._speech_tokens(model_input))
-        flow_started = time.perf_counter()
-        # The calls upstream `CosyVoiceModel.token2wav(..., finalize=True)` makes for a whole
-        # utterance with no prompt and no streaming caches.
         with torch.inference_mode():
-            mel, _ = self._flow.inference(
-                token=torch.tensor(tokens).unsqueeze(dim=0),
-                token_len=torch.tensor([len(tokens)], dtype=torch.int32),
-                prompt_token=torch.zeros(1, 0, dtype=torch.int32),
-                prompt_token_len=torch.tensor([0], dtype=torch.int32),
-                prompt_feat=torch.zeros(1, 0, 80),
-                prompt_feat_len=torch.tensor([0], dtype=torch.int32),
-                embedding=model_input["flow_embedding"],
-                flow_cache=torch.zeros(1, 80, 0, 2),
-            )
-            hift_started = time.perf_counter()
-            speech, _ = self._hift.inference(speech_feat=mel, cache_source=torch.zeros(1, 1, 0))
+            tokens = list(self._speech_tokens(model_input))
+        flow_started = time.perf_counter()
+        mel = self.flow_mel(tokens, model_input)
+        hift_started = time.perf_counter()
+        speech = self.vocode(mel)
         done = time.perf_counter()
         times.llm += flow_started - started
         times.flow += hift_started - flow_started
         times.hift += done - hift_started
         times.speech_tokens += len(tokens)
+        times.tokens.append(tokens)
+        return speech
+
+    @torch_inference_mode
+    def flow_mel(self, tokens: list[int], model_input: dict[str, Any]) -> Any:
+        """The mel of `tokens`: the call upstream `CosyVoiceModel.token2wav(...,
+        finalize=True)` makes for a whole utterance with no prompt and no streaming cache."""
+        import torch
+
+        mel, _ = self._flow.inference(
+            token=torch.tensor(tokens).unsqueeze(dim=0),
+            token_len=torch.tensor([len(tokens)], dtype=torch.int32),
+            prompt_token=torch.zeros(1, 0, dtype=torch.int32),
+            prompt_token_len=torch.tensor([0], dtype=torch.int32),
+            prompt_feat=torch.zeros(1, 0, 80),
+            prompt_feat_len=torch.tensor([0], dtype=torch.int32),
+            embedding=model_input["flow_embedding"],
+            flow_cache=torch.zeros(1, 80, 0, 2),
+        )
+        return mel
+
+    @torch_inference_mode
+    def vocode(self, mel: Any) -> np.ndarray:
+        """Float32 samples of `mel` (upstream's finalizing vocoder call)."""
+        import torch
+
+        speech, _ = self._hift.inference(speech_feat=mel, cache_source=torch.zeros(1, 1, 0))
         return speech.reshape(-1).numpy()  # type: ignore[no-any-return]
 
     def _speech_tokens(self, model_input: dict[str, Any]) -> Any:

@@ -28,13 +28,27 @@ class Preset:
     llm_int8: bool = False
     # Fold HiFT's weight normalization into plain weights once at load (exact).
     hift_fold_weight_norm: bool = True
-    # Flow ODE: Euler steps of upstream's cosine time schedule (10 upstream; fewer approximate).
+    # "torch", or "onnx": HiFT exported from the loaded weights and run by ONNX Runtime.
+    hift_runtime: str = "torch"
+    # "upstream": MaskedDiffWithXvec.inference; "torch": the project's ODE loop
+    # (worker.engines.cosyvoice.flow_solver) over the PyTorch estimator; "onnx": the same loop
+    # over the estimator exported to ONNX Runtime.
+    flow_runtime: str = "torch"
+    # The flow ODE: upstream integrates 10 Euler steps on a cosine time table; fewer steps
+    # (with another table or solver) are approximate.
     flow_steps: int = 10
+    flow_schedule: str = "cosine"
+    flow_solver: str = "euler"
 
     @property
     def exact(self) -> bool:
         """True if the preset gives upstream's audio up to float rounding."""
-        return not self.llm_int8 and self.flow_steps == 10
+        upstream_ode = (self.flow_steps, self.flow_schedule, self.flow_solver) == (
+            10,
+            "cosine",
+            "euler",
+        )
+        return not self.llm_int8 and upstream_ode
 
     def identity(self) -> dict[str, str | int]:
         """The preset's part of the engine identity (and so of the content key)."""
@@ -43,7 +57,9 @@ class Preset:
 
 
 PRESETS = {
-    "upstream": Preset("upstream", decode="upstream", hift_fold_weight_norm=False),
+    "upstream": Preset(
+        "upstream", decode="upstream", hift_fold_weight_norm=False, flow_runtime="upstream"
+    ),
     "exact": Preset("exact"),
     "fast": Preset("fast", llm_int8=True, flow_steps=10),
 }
