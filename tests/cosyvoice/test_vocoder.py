@@ -77,3 +77,111 @@ def test_old_hook_style_weight_norm_is_removed_too() -> None:
     assert strip_weight_norm(net) == 1
     assert not hasattr(net[0], "weight_g")
     assert torch.equal(net(x), expected)
+
+
+# Waveform tolerance, ONNX Runtime vs upstream PyTorch, same seed. Measured ~1e-7 on the tiny
+# model (float32 rounding: the convolutions sum in another order, the STFTs are direct DFTs);
+# 1e-5 (0.03% of the ~0.06 peak here) leaves room for other CPUs' kernels while any wrong
+# operation, noise draw or misaligned sample shows up orders of magnitude above it.
+ATOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def onnx_file(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from worker.engines.cosyvoice.vocoder import export_hift_onnx, load_hift
+
+    path = tmp_path_factory.mktemp("hift") / "hift.onnx"
+    export_hift_onnx(load_hift(tiny_model_dir), path)
+    return path
+
+
+def _assert_same(expected: tuple[Any, Any, Any], actual: tuple[Any, Any, Any]) -> None:
+    import torch
+
+    (speech, source, after), (onnx_speech, onnx_source, onnx_after) = expected, actual
+    assert onnx_speech.shape == speech.shape
+    assert onnx_source.shape == source.shape
+    assert onnx_speech.dtype == onnx_source.dtype == torch.float32
+    assert float(speech.abs().max()) > 10 * ATOL  # a silent output would prove nothing
+    assert float((onnx_speech - speech).abs().max()) <= ATOL
+    assert float((onnx_source - source).abs().max()) <= ATOL
+    # The same RNG draws: the next random numbers after the call are the same.
+    assert torch.equal(onnx_after, after)
+
+
+@pytest.mark.parametrize("frames", [FRAMES_1S, 431, 1000, FRAMES_30S])
+def test_onnx_matches_pytorch_across_lengths(hift: Any, onnx_file: Path, frames: int) -> None:
+    """One exported file serves 1 s to 30 s of audio through its dynamic time axis."""
+    from worker.engines.cosyvoice.vocoder import OnnxHift
+
+    mel = _mel(frames, seed=frames)
+    expected = _run(hift, mel)
+    assert expected[0].shape == (1, frames * 256)
+    _assert_same(expected, _run(OnnxHift(onnx_file), mel))
+
+
+def test_onnx_keeps_the_cached_source(hift: Any, onnx_file: Path) -> None:
+    """Streaming passes the previous chunk's source tail: it replaces the start of the new one."""
+    import torch
+
+    from worker.engines.cosyvoice.vocoder import OnnxHift
+
+    mel = _mel(120)
+    cache = 0.05 * torch.randn(1, 1, 480, generator=torch.Generator().manual_seed(1))
+    expected = _run(hift, mel, cache)
+    actual = _run(OnnxHift(onnx_file), mel, cache)
+    _assert_same(expected, actual)
+    assert torch.equal(actual[1][:, :, :480], cache)
+
+
+def test_onnx_from_bytes_and_a_different_seed(hift: Any, onnx_file: Path) -> None:
+    from worker.engines.cosyvoice.vocoder import OnnxHift
+
+    mel = _mel(FRAMES_1S)
+    vocoder = OnnxHift(onnx_file.read_bytes(), threads=1)
+    _assert_same(_run(hift, mel, seed=3), _run(vocoder, mel, seed=3))
+    # The noise really comes from the seed: another seed gives another source.
+    other = _run(vocoder, mel, seed=4)
+    assert float((other[1] - _run(vocoder, mel, seed=3)[1]).abs().max()) > 1e-3
+
+
+def test_export_leaves_the_model_untouched(hift: Any, tmp_path: Path) -> None:
+    import torch
+    from torch.nn.utils import parametrize
+
+    from worker.engines.cosyvoice.vocoder import export_hift_onnx
+
+    mel = _mel(50)
+    expected = _run(hift, mel)
+    count = sum(parametrize.is_parametrized(m) for m in hift.modules())
+    export_hift_onnx(hift, tmp_path / "h.onnx")
+    assert sum(parametrize.is_parametrized(m) for m in hift.modules()) == count > 0
+    for old, new in zip(expected, _run(hift, mel), strict=True):
+        assert torch.equal(old, new)
+
+
+def test_a_foreign_onnx_file_is_refused(tiny_model_dir: Path) -> None:
+    from worker.engines.cosyvoice.vocoder import OnnxHift
+
+    vocoder = OnnxHift(tiny_model_dir / "campplus.onnx")
+    with pytest.raises(ValueError, match="export_hift_onnx"):
+        vocoder.inference(_mel(10))
+
+
+def test_stripping_a_copy_leaves_the_original_working(hift: Any) -> None:
+    """torch shares a parametrized module's class with its deep copies; folding the copy must
+    not break the original (the export folds a copy)."""
+    import copy
+
+    import torch
+
+    from worker.engines.cosyvoice.vocoder import strip_weight_norm
+
+    mel = _mel(50)
+    expected = _run(hift, mel)
+    clone = copy.deepcopy(hift)
+    assert strip_weight_norm(clone) == 57
+    for old, new in zip(expected, _run(hift, mel), strict=True):
+        assert torch.equal(old, new)
+    for old, new in zip(expected, _run(clone, mel), strict=True):
+        assert torch.equal(old, new)
