@@ -224,6 +224,7 @@ def test_cache_builds_once_and_reuses(tmp_path: Path) -> None:
 
     assert isinstance(first, Path) and first == second
     assert first.is_relative_to(dirs[0]) and first.read_bytes() == b"graph-1"
+    assert first.stat().st_mode & 0o044 == 0o044  # readable by other users' workers
     assert len(built) == 1
     assert not [p for p in first.parent.iterdir() if p.name != "est.onnx"]  # no tmp left
 
@@ -302,3 +303,22 @@ def test_key_parts_follow_the_model_and_versions(tiny_model_dir: Path) -> None:
     assert any(p.startswith("torch=") for p in parts)
     assert any(p.startswith("onnxruntime=") for p in parts)
     assert artifact_key_parts(tiny_model_dir, "estimator-2") != parts
+
+
+@pytest.mark.cosyvoice
+def test_bf16_is_never_silent(tiny_flow: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from worker.engines.cosyvoice import flow_solver
+
+    monkeypatch.setattr(flow_solver, "native_bf16", lambda: False)
+    with pytest.raises(RuntimeError, match="no native bf16"):
+        flow_solver.Bf16Estimator(tiny_flow.decoder.estimator)
+    bf16 = flow_solver.Bf16Estimator(tiny_flow.decoder.estimator, force=True)
+    inputs = _estimator_inputs(200)
+    with torch.inference_mode():
+        want = tiny_flow.decoder.estimator(*inputs)
+        got = bf16(*inputs)
+    assert got.dtype == torch.float32
+    # bf16 keeps 8 bits of mantissa: ~1e-2 relative, but not bit-identical.
+    assert 0 < _rel(got, want) < 5e-2

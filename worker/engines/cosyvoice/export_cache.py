@@ -88,6 +88,8 @@ def _build_into(folder: Path, name: str, build: Callable[[Path], None]) -> Path 
     tmp = Path(tmp_name)
     try:
         build(tmp)
+        # mkstemp makes the file 0600: workers running as another user must still read it.
+        tmp.chmod(0o644)
         final = folder / name
         os.replace(tmp, final)
     except BaseException:

@@ -266,3 +266,29 @@ def load_flow(model_dir: Path) -> Any:
     flow = configs["flow"]
     flow.load_state_dict(torch.load(model_dir / "flow.pt", map_location="cpu", weights_only=True))
     return flow.eval()
+
+
+def native_bf16() -> bool:
+    """True if this CPU computes bf16 natively (AVX512_BF16 or AMX). Elsewhere oneDNN emulates
+    bf16, slower than fp32, so autocast would only lose precision."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8")
+    except OSError:
+        return False
+    flags = next((ln for ln in text.splitlines() if ln.startswith("flags")), "").split()
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+class Bf16Estimator:
+    """Runs a PyTorch estimator under bf16 autocast (approximate: ~3 significant digits in
+    matmuls) and returns fp32. Refuses CPUs without native bf16 unless `force`: never silent."""
+
+    def __init__(self, estimator: Any, *, force: bool = False) -> None:
+        if not (force or native_bf16()):
+            raise RuntimeError("this CPU has no native bf16 (avx512_bf16/amx_bf16)")
+        self.estimator = estimator
+
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out: torch.Tensor = self.estimator(*inputs)
+        return out.float()
