@@ -7,6 +7,8 @@ project's loader, each run in a fresh interpreter (medians of `--runs`).
 `worker.engines.cosyvoice.loader.import_runtime()` then `load_cosyvoice(dir, cache_dir=...)`
 (the first loader run of a fresh cache builds the normalizer FSTs; `--warm-cache` builds them
 before timing). Both load with one torch thread, as the engine does before a worker forks.
+Wall seconds suffer from the machine's other users; the process's CPU seconds (user + system)
+much less so, and are reported beside them.
 """
 
 from __future__ import annotations
@@ -23,24 +25,29 @@ from typing import Any
 # Runs in a fresh interpreter: prints one JSON line with the figures of one start.
 _CHILD = """
 import json, resource, sys, time
-started = time.perf_counter()
+def cpu():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+started, started_cpu = time.perf_counter(), cpu()
 import torch
 torch.set_num_threads(1)
 path, model_dir, cache_dir = sys.argv[1], sys.argv[2], sys.argv[3]
 if path == "upstream":
     from cosyvoice.cli.cosyvoice import CosyVoice
-    imported = time.perf_counter()
+    imported, imported_cpu = time.perf_counter(), cpu()
     model = CosyVoice(model_dir)
 else:
     from worker.engines.cosyvoice import loader
     loader.import_runtime()
-    imported = time.perf_counter()
+    imported, imported_cpu = time.perf_counter(), cpu()
     model = loader.load_cosyvoice(model_dir, cache_dir=cache_dir)
-loaded = time.perf_counter()
+loaded, loaded_cpu = time.perf_counter(), cpu()
 assert model.list_available_spks()
 print(json.dumps({
     "import_seconds": imported - started,
     "load_seconds": loaded - imported,
+    "import_cpu_seconds": imported_cpu - started_cpu,
+    "load_cpu_seconds": loaded_cpu - imported_cpu,
     "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
 }))
 """
@@ -59,7 +66,8 @@ def one_start(path: str, model_dir: Path, cache_dir: Path) -> dict[str, float]:
 
 def summarize(path: str, samples: list[dict[str, float]]) -> dict[str, Any]:
     report: dict[str, Any] = {"path": path, "runs": samples}
-    for key in ("import_seconds", "load_seconds", "peak_rss_gb"):
+    keys = ("import_seconds", "load_seconds", "import_cpu_seconds", "load_cpu_seconds")
+    for key in (*keys, "peak_rss_gb"):
         values = [s[key] for s in samples]
         report[key] = {
             "median": round(statistics.median(values), 2),
@@ -68,6 +76,8 @@ def summarize(path: str, samples: list[dict[str, float]]) -> dict[str, Any]:
         }
     totals = [s["import_seconds"] + s["load_seconds"] for s in samples]
     report["total_seconds"] = {"median": round(statistics.median(totals), 2)}
+    cpu = [s["import_cpu_seconds"] + s["load_cpu_seconds"] for s in samples]
+    report["total_cpu_seconds"] = {"median": round(statistics.median(cpu), 2)}
     return report
 
 
@@ -97,7 +107,10 @@ def main(argv: list[str] | None = None) -> int:
             f"[{r['import_seconds']['min']}-{r['import_seconds']['max']}], "
             f"load {r['load_seconds']['median']} s "
             f"[{r['load_seconds']['min']}-{r['load_seconds']['max']}], "
-            f"total {r['total_seconds']['median']} s, "
+            f"total {r['total_seconds']['median']} s "
+            f"(CPU: import {r['import_cpu_seconds']['median']} s, "
+            f"load {r['load_cpu_seconds']['median']} s, "
+            f"total {r['total_cpu_seconds']['median']} s), "
             f"peak RSS {r['peak_rss_gb']['median']} GB"
         )
     if args.out:
