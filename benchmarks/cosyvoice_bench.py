@@ -108,7 +108,9 @@ def machine() -> dict[str, Any]:
 def run(model_dir: Path, *, threads: int) -> dict[str, Any]:
     build_seconds = ensure_model(model_dir)
     started = time.perf_counter()
-    import cosyvoice.cli.cosyvoice  # noqa: F401  (the cold import is a figure)
+    from worker.engines.cosyvoice.loader import import_runtime
+
+    import_runtime()  # the cold import of what the engine loads with is a figure
 
     import_seconds = time.perf_counter() - started
 
