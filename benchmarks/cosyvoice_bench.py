@@ -140,7 +140,9 @@ def run_row(
     """Load the row's engine, synthesize each sentence, and measure parity with upstream's
     saved reference (written by the upstream row, which runs first)."""
     started = time.perf_counter()
-    import cosyvoice.cli.cosyvoice  # noqa: F401  (the cold import is a figure)
+    from worker.engines.cosyvoice.loader import import_runtime
+
+    import_runtime()  # the cold import of what the engine loads with is a figure
 
     import_seconds = time.perf_counter() - started
     import torch

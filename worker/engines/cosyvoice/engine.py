@@ -31,6 +31,7 @@ import numpy as np
 
 from core.errors import ConfigError, InvalidJob
 from core.settings import Settings
+from worker.engines.cosyvoice.loader import default_cache_dir, import_runtime, load_cosyvoice
 from worker.engines.cosyvoice.model_dir import check_model_dir, is_random_model, model_fingerprint
 from worker.engines.cosyvoice.presets import DEFAULT_PRESET, Preset, get_preset
 from worker.engines.cosyvoice.text import TextSplitter
@@ -289,9 +290,11 @@ def _load_cosyvoice(path: Path) -> Any:
 
         # One thread while loading: no OpenMP pool exists when a worker parent forks.
         torch.set_num_threads(1)
-        from cosyvoice.cli.cosyvoice import CosyVoice
+        import_runtime()
     except (ImportError, OSError) as exc:  # OSError: a CUDA torchaudio's missing libraries
         raise ConfigError(
             f"engine 'cosyvoice' needs the CosyVoice runtime ({exc}): run make install-cosyvoice"
         ) from exc
-    return CosyVoice(str(path))
+    # The upstream classes without `CosyVoice(path)`'s start-up cost (see loader.py); the
+    # normalizer FSTs are cached in the model directory, or per user if it is read-only.
+    return load_cosyvoice(path, cache_dir=default_cache_dir())
