@@ -89,7 +89,7 @@ class CosyVoiceSynthesizer:
         self._threads_pid = -1
         started = time.monotonic()
         self._model = _load_cosyvoice(path)
-        self._stages = _build_stages(self._model.model, self.preset)
+        self._stages = _build_stages(self._model.model, self.preset, path, threads)
         self.load_seconds = time.monotonic() - started
         self.last_stages = StageTimes()
         self.sample_rate = int(self._model.sample_rate)
@@ -196,10 +196,10 @@ def torch_inference_mode(fn: Callable[P, R]) -> Callable[P, R]:
 class _Stages:
     """LLM, flow and vocoder of one preset, run as upstream's non-streaming `tts` runs them."""
 
-    def __init__(self, model: Any, preset: Preset) -> None:
+    def __init__(self, model: Any, preset: Preset, *, flow: Any, hift: Any) -> None:
         self._llm = model.llm
-        self._flow = model.flow
-        self._hift = model.hift
+        self._flow = flow
+        self._hift = hift
         # The project's decode loop (None: upstream's `TransformerLM.inference`).
         self.decoder: Any = None
         if preset.decode == "exact":
@@ -271,8 +271,11 @@ class _Stages:
         )
 
 
-def _build_stages(model: Any, preset: Preset) -> _Stages:
-    """Apply the preset's levers to the loaded upstream model (in place) and wrap its stages."""
+def _build_stages(model: Any, preset: Preset, model_dir: Path, threads: int) -> _Stages:
+    """Apply the preset's levers to the loaded upstream model (in place) and wrap its stages.
+    ONNX graphs are exported from the loaded weights once and cached by model fingerprint
+    (worker.engines.cosyvoice.export_cache); their sessions open in each process on first use,
+    after a worker's fork."""
     if preset.llm_int8:
         from worker.engines.cosyvoice.quantize import quantize_llm_layers
 
@@ -281,7 +284,83 @@ def _build_stages(model: Any, preset: Preset) -> _Stages:
         from worker.engines.cosyvoice.vocoder import strip_weight_norm
 
         strip_weight_norm(model.hift)
-    return _Stages(model, preset)
+    hift = model.hift
+    if preset.hift_runtime == "onnx":
+        from worker.engines.cosyvoice.vocoder import OnnxHift, export_hift_onnx
+
+        graph = _exported(model_dir, "hift.onnx", "hift-1", lambda p: export_hift_onnx(hift, p))
+        hift = OnnxHift(graph, threads=threads)
+    flow = model.flow
+    if preset.flow_runtime != "upstream":
+        from worker.engines.cosyvoice.flow_solver import FlowOptions
+
+        options = FlowOptions(
+            steps=preset.flow_steps,
+            schedule=preset.flow_schedule,  # type: ignore[arg-type]
+            solver=preset.flow_solver,  # type: ignore[arg-type]
+        )
+        estimator = None
+        if preset.flow_runtime == "onnx":
+            from worker.engines.cosyvoice.flow_onnx import EXPORTER_VERSION, export_estimator
+
+            graph = _exported(
+                model_dir,
+                "flow_estimator.onnx",
+                EXPORTER_VERSION,
+                lambda p: export_estimator(model.flow.decoder.estimator, p),
+            )
+            estimator = _OrtPerProcess(graph, threads=threads)
+        flow = _OwnFlow(model.flow, options, estimator)
+    return _Stages(model, preset, flow=flow, hift=hift)
+
+
+class _OwnFlow:
+    """The flow with the project's ODE loop: `inference` as upstream's, other options."""
+
+    def __init__(self, flow: Any, options: Any, estimator: Any) -> None:
+        self._flow, self._options, self._estimator = flow, options, estimator
+
+    def inference(self, **inputs: Any) -> Any:
+        from worker.engines.cosyvoice.flow_solver import flow_inference
+
+        return flow_inference(
+            self._flow, options=self._options, estimator=self._estimator, **inputs
+        )
+
+
+class _OrtPerProcess:
+    """An `OrtEstimator` opened in the process that first calls it: an ONNX Runtime thread
+    pool made in a worker's parent would not survive the fork (as torch's, pytorch#17199)."""
+
+    def __init__(self, graph: Path | bytes, *, threads: int) -> None:
+        self._graph, self._threads = graph, threads
+        self._session: Any = None
+        self._pid = -1
+
+    def __call__(self, *inputs: Any) -> Any:
+        if self._pid != os.getpid():
+            from worker.engines.cosyvoice.flow_onnx import OrtEstimator
+
+            self._session = OrtEstimator(self._graph, threads=self._threads)
+            self._pid = os.getpid()
+        return self._session(*inputs)
+
+
+def _exported(model_dir: Path, name: str, version: str, build: Callable[[Path], None]) -> Any:
+    """The cached export `name` of this model (a path, or bytes if nothing is writable)."""
+    from worker.engines.cosyvoice.export_cache import (
+        artifact_key_parts,
+        cache_dirs,
+        cached_artifact,
+    )
+
+    started = time.monotonic()
+    fallback = default_cache_dir().parent / "exports"
+    artifact = cached_artifact(
+        name, artifact_key_parts(model_dir, version), build, cache_dirs(model_dir, fallback)
+    )
+    log.info("%s ready in %.1f s", name, time.monotonic() - started)
+    return artifact
 
 
 def _load_cosyvoice(path: Path) -> Any:
