@@ -22,7 +22,7 @@ SPEC = JobSpec(text="Platform two.", speaker="英文女", lang="en", fmt="wav")
 
 
 def test_every_preset_and_lever_gives_its_own_content_key() -> None:
-    base = {"engine": "cosyvoice", "model": "m", "sample_rate": 22050}
+    base: dict[str, str | int] = {"engine": "cosyvoice", "model": "m", "sample_rate": 22050}
     keys = {name: content_key({**base, **p.identity()}, SPEC) for name, p in PRESETS.items()}
     assert len(set(keys.values())) == len(PRESETS)
     # A preset redefined with one lever changed (a later release) is a new key as well.
@@ -37,7 +37,7 @@ def test_exact_is_the_default_and_exact() -> None:
 
 
 def test_unknown_preset_names_the_setting() -> None:
-    with pytest.raises(ConfigError, match="TTS_COSYVOICE_PRESET.*upstream, exact, fast"):
+    with pytest.raises(ConfigError, match=r"TTS_COSYVOICE_PRESET.*upstream, exact, fast"):
         get_preset("turbo")
 
 
