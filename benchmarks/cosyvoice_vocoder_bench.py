@@ -76,7 +76,8 @@ def main() -> int:
     )
     folded = copy.deepcopy(upstream)
     removed = strip_weight_norm(folded)
-    workdir = Path(tempfile.mkdtemp(prefix="hift-onnx-"))
+    scratch = tempfile.TemporaryDirectory(prefix="hift-onnx-")  # 82 MB, gone at exit
+    workdir = Path(scratch.name)
     started = time.perf_counter()
     export_hift_onnx(upstream, workdir / "hift.onnx")
     export_seconds = time.perf_counter() - started
