@@ -211,3 +211,44 @@ def test_stripping_a_copy_leaves_the_original_working(hift: Any) -> None:
         assert torch.equal(old, new)
     for old, new in zip(expected, _run(clone, mel), strict=True):
         assert torch.equal(old, new)
+
+
+FORK_SCRIPT = """
+import os, sys, torch
+from worker.engines.cosyvoice.vocoder import OnnxHift
+torch.set_num_threads(1)  # as a worker parent: no torch thread pool before the fork
+vocoder = OnnxHift(sys.argv[1], threads=2)
+mel = torch.randn(1, 80, 40, generator=torch.Generator().manual_seed(0))
+torch.manual_seed(5)
+expected = vocoder.inference(mel)[0]  # the parent's session and its 2-thread pool exist
+pid = os.fork()
+if pid == 0:
+    torch.manual_seed(5)
+    ok = torch.equal(vocoder.inference(mel)[0], expected)
+    ok = ok and vocoder._session_pid == os.getpid()  # its own session and thread pool
+    os._exit(0 if ok else 3)
+_, status = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_onnx_runs_in_a_forked_child(onnx_file: Path, tmp_path: Path) -> None:
+    """A worker builds its engine before forking: the child gets the same audio, from a
+    session of its own (the parent's pool threads do not exist in the child; ONNX Runtime
+    1.32 then runs the inherited session on the calling thread alone, slower but correct)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "fork_probe.py"
+    script.write_text(FORK_SCRIPT, encoding="utf-8")
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, str(script), str(onnx_file)],
+        cwd=root,
+        env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -263,12 +263,18 @@ class OnnxHift:
         self._threads = threads
         self._session: Any = None
         self._session_pid = -1
+        # Sessions inherited through a fork: never freed, since freeing one joins pool threads
+        # that do not exist in the child (it would wait forever).
+        self._inherited: list[Any] = []
         self._upsample = 0
         self._harmonics = 0
 
     def _ensure_session(self) -> Any:
         if self._session is None or self._session_pid != os.getpid():
             import onnxruntime as ort
+
+            if self._session is not None:
+                self._inherited.append(self._session)
 
             options = ort.SessionOptions()
             options.intra_op_num_threads = self._threads or torch.get_num_threads()
