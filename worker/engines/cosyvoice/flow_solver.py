@@ -7,6 +7,11 @@ classifier-free guidance (CFG). `flow_inference` below runs the same stages with
 modules and replaces only that loop, so the number of steps, the time table and the solver
 become options. `UPSTREAM` reproduces upstream's output exactly under the same seed.
 
+The fewer-step options are approximate, and how good they are can only be judged on trained
+weights: a random estimator's velocity is not smooth in t (upstream embeds t with sinusoids at
+scale 1000; on the tiny random model v changes by 19% for dt = 0.001), so on random weights any
+t off upstream's grid meets an unrelated field and the mel errors say nothing about speech.
+
 The estimator is anything callable as `estimator(x, mask, mu, t, spks, cond)` on a batch of two
 rows (conditional, unconditional), as upstream's `ConditionalDecoder` is: the PyTorch module
 itself, or `flow_onnx.OrtEstimator`.
