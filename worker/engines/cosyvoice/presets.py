@@ -2,10 +2,12 @@
 
 - `upstream`: upstream's code for every stage, as `CosyVoice.inference_sft` runs it: the
   reference the others are measured against.
-- `exact` (the default): the project's own decode loop and weight norm folded out of the
-  vocoder: upstream's audio up to float rounding, several times faster.
-- `fast`: `exact` plus the approximate levers that paid in the benchmark (int8 LLM, fewer
-  flow steps). Approximate: checked on random weights only; see docs/cosyvoice.md.
+- `exact` (the default): the project's own decode loop (the same tokens, log-probabilities
+  within 1e-6), the flow estimator on ONNX Runtime (mel within ~1e-6 relative of PyTorch) and
+  weight norm folded out of the vocoder (bit-identical): upstream's audio up to float rounding.
+- `fast`: `exact` plus the approximate levers that paid in the benchmark: int8 LLM layers, six
+  flow steps on a pruned copy of upstream's time table, and the vocoder on ONNX Runtime.
+  Checked on random weights only, which cannot rank them for speech: see docs/cosyvoice.md.
 
 Every lever changes the audio at least at float level, so the preset and its levers are part of
 the engine identity, and with it the content key: audio of two presets never shares a cache
@@ -60,8 +62,15 @@ PRESETS = {
     "upstream": Preset(
         "upstream", decode="upstream", hift_fold_weight_norm=False, flow_runtime="upstream"
     ),
-    "exact": Preset("exact"),
-    "fast": Preset("fast", llm_int8=True, flow_steps=10),
+    "exact": Preset("exact", flow_runtime="onnx"),
+    "fast": Preset(
+        "fast",
+        llm_int8=True,
+        flow_runtime="onnx",
+        flow_steps=6,
+        flow_schedule="pruned",
+        hift_runtime="onnx",
+    ),
 }
 DEFAULT_PRESET = "exact"
 
