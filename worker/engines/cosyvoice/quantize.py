@@ -4,9 +4,10 @@ Batch-1 decoding reads every weight for every token, so it is bound by memory ba
 weights are a quarter of the bytes. Only the maps run at every step are quantized (attention
 q/k/v/out, feed-forward, the output layer); the text encoder runs once per utterance and the
 position projections are tabulated once (worker.engines.cosyvoice.decode), so both stay fp32.
-Activations are quantized per call with PyTorch's default reduced range, which keeps the int8
-products clear of the 16-bit saturation that AVX2-only kernels (no VNNI) would otherwise hit:
-the same weights give the same results on either kind of machine.
+Activations are quantized per call with PyTorch's default reduced (7-bit) range, which keeps the
+int8 products clear of the 16-bit saturation of AVX2-only kernels; fbgemm picks VNNI kernels
+where the CPU has them. Whether both kinds of machine then give bit-identical results was not
+checked (only AVX-512 machines were at hand): int8 is an approximate lever either way.
 """
 
 from __future__ import annotations
