@@ -153,6 +153,7 @@ def run_row(
     preset = rows()[name]
     engine = CosyVoiceSynthesizer(str(model_dir), threads=threads, preset=preset)
     engine.prepare_process()
+    engine.stages.open_sessions()
     is_reference = name == "upstream"
     if is_reference:
         recorder = TopOneRecorder(engine.upstream.model.llm)

@@ -29,6 +29,7 @@ def child(model_dir: Path, preset: str, threads: int) -> None:
 
     engine = CosyVoiceSynthesizer(str(model_dir), threads=threads, preset=preset)
     engine.prepare_process()
+    engine.stages.open_sessions()
     lang, speaker, text = SENTENCES["en"]
     engine.synthesize("Warm up.", speaker=speaker, lang=lang)
     print("ready", flush=True)

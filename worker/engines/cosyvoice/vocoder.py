@@ -269,6 +269,10 @@ class OnnxHift:
         self._upsample = 0
         self._harmonics = 0
 
+    def open(self) -> None:
+        """Open this process's session now (else the first `inference` does)."""
+        self._ensure_session()
+
     def _ensure_session(self) -> Any:
         if self._session is None or self._session_pid != os.getpid():
             import onnxruntime as ort
