@@ -34,6 +34,7 @@ from worker.engines.cosyvoice.flow_onnx import (
     EXPORTER_VERSION,
     OptLevel,
     OrtEstimator,
+    example_inputs,
     export_estimator,
 )
 from worker.engines.cosyvoice.flow_solver import (
@@ -91,25 +92,13 @@ def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
 
 
-def estimator_inputs(frames: int) -> tuple[torch.Tensor, ...]:
-    g = torch.Generator().manual_seed(frames)
-    return (
-        torch.randn(2, 80, frames, generator=g),
-        torch.ones(2, 1, frames),
-        torch.randn(2, 80, frames, generator=g),
-        torch.rand(2, generator=g),
-        torch.randn(2, 80, generator=g),
-        torch.randn(2, 80, frames, generator=g),
-    )
-
-
 def part_lengths(flow: Any, onnx: Path | bytes, threads: int, repeats: int) -> dict[str, Any]:
     estimator = flow.decoder.estimator
     ort_est = OrtEstimator(onnx, threads=threads)
     rows = []
     for seconds in (1, 5, 15, 30):
         frames = round(seconds * MEL_RATE)
-        inputs = estimator_inputs(frames)
+        inputs = example_inputs(frames)
         with torch.inference_mode():
             estimator(*inputs)  # warm-up
             torch_runs, ref = timed(estimator, repeats, *inputs)
@@ -131,7 +120,7 @@ def part_lengths(flow: Any, onnx: Path | bytes, threads: int, repeats: int) -> d
         print(json.dumps(row), flush=True)
         rows.append(row)
     levels = []
-    inputs = estimator_inputs(round(5 * MEL_RATE))
+    inputs = example_inputs(round(5 * MEL_RATE))
     level: OptLevel
     for level in ("disable", "basic", "extended", "all"):
         started = time.perf_counter()
@@ -158,7 +147,7 @@ def part_interleaved(flow: Any, onnx: Path | bytes, threads: int, repeats: int) 
     diffs: dict[int, dict[str, float]] = {}
     for _ in range(repeats):
         for seconds in lengths:
-            inputs = estimator_inputs(round(seconds * MEL_RATE))
+            inputs = example_inputs(round(seconds * MEL_RATE))
             with torch.inference_mode():
                 runs, ref = timed(estimator, 1, *inputs)
                 times["torch"].setdefault(seconds, []).extend(runs)

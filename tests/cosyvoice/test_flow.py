@@ -62,20 +62,6 @@ def _flow_args(
     }
 
 
-def _estimator_inputs(frames: int) -> tuple[Any, ...]:
-    import torch
-
-    g = torch.Generator().manual_seed(frames)
-    return (
-        torch.randn(2, 80, frames, generator=g),
-        torch.ones(2, 1, frames),
-        torch.randn(2, 80, frames, generator=g),
-        torch.rand(2, generator=g),
-        torch.randn(2, 80, generator=g),
-        torch.randn(2, 80, frames, generator=g),
-    )
-
-
 def _rel(a: Any, b: Any) -> float:
     return float((a - b).norm() / b.norm())
 
@@ -177,10 +163,10 @@ def test_ort_estimator_matches_pytorch_through_the_dynamic_axis(
 ) -> None:
     import torch
 
-    from worker.engines.cosyvoice.flow_onnx import OrtEstimator
+    from worker.engines.cosyvoice.flow_onnx import OrtEstimator, example_inputs
 
     frames = round(seconds * MEL_FRAMES_PER_SECOND)
-    inputs = _estimator_inputs(frames)
+    inputs = example_inputs(frames, seed=frames)
     with torch.inference_mode():
         want = tiny_flow.decoder.estimator(*inputs)
     got = OrtEstimator(tiny_onnx, threads=1)(*inputs)
@@ -310,12 +296,13 @@ def test_bf16_is_never_silent(tiny_flow: Any, monkeypatch: pytest.MonkeyPatch) -
     import torch
 
     from worker.engines.cosyvoice import flow_solver
+    from worker.engines.cosyvoice.flow_onnx import example_inputs
 
     monkeypatch.setattr(flow_solver, "native_bf16", lambda: False)
     with pytest.raises(RuntimeError, match="no native bf16"):
         flow_solver.Bf16Estimator(tiny_flow.decoder.estimator)
     bf16 = flow_solver.Bf16Estimator(tiny_flow.decoder.estimator, force=True)
-    inputs = _estimator_inputs(200)
+    inputs = example_inputs(200, seed=200)
     with torch.inference_mode():
         want = tiny_flow.decoder.estimator(*inputs)
         got = bf16(*inputs)

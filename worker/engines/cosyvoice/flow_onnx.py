@@ -40,16 +40,24 @@ class _EstimatorForExport(torch.nn.Module):
         return out
 
 
+def example_inputs(frames: int, *, channels: int = 80, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """Random estimator inputs of `frames` mel frames, in INPUT_NAMES order (own generator: the
+    global RNG is left alone)."""
+    g = torch.Generator().manual_seed(seed)
+    return (
+        torch.randn(2, channels, frames, generator=g),
+        torch.ones(2, 1, frames),
+        torch.randn(2, channels, frames, generator=g),
+        torch.rand(2, generator=g),
+        torch.randn(2, channels, generator=g),  # the speaker embedding, projected to 80
+        torch.randn(2, channels, frames, generator=g),
+    )
+
+
 def export_estimator(estimator: Any, path: Path, *, frames: int = 200) -> None:
     """Write `estimator` (flow.decoder.estimator, fp32) to `path` as one ONNX file with inputs
     x, mask, mu, t, spks, cond (batch 2, frame axis dynamic) and output `velocity`."""
-    channels = int(estimator.out_channels)
-    x = torch.randn(2, channels, frames)
-    mask = torch.ones(2, 1, frames)
-    mu = torch.randn(2, channels, frames)
-    t = torch.rand(2)
-    spks = torch.randn(2, channels)  # the speaker embedding is projected to 80
-    cond = torch.randn(2, channels, frames)
+    x, mask, mu, t, spks, cond = example_inputs(frames, channels=int(estimator.out_channels))
     frame_axis = {"x": {2: "frames"}, "mask": {2: "frames"}, "mu": {2: "frames"}}
     frame_axis |= {"cond": {2: "frames"}, "velocity": {2: "frames"}}
     with warnings.catch_warnings():
