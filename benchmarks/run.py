@@ -14,12 +14,15 @@ import sys
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--skip-cosyvoice", action="store_true", help="skip the full-size CosyVoice run (minutes)"
+        "--skip-cosyvoice", action="store_true", help="skip the full-size CosyVoice runs (~30 min)"
     )
     args = parser.parse_args()
     runs = [["benchmarks.pipeline_bench", "--out", "bench-results/pipeline.json"]]
     if not args.skip_cosyvoice:
         runs.append(["benchmarks.cosyvoice_bench", "--out", "bench-results/cosyvoice.json"])
+        runs.append(
+            ["benchmarks.cosyvoice_threads", "--out", "bench-results/cosyvoice-threads.json"]
+        )
     failed = 0
     for module, *rest in runs:
         # One interpreter per benchmark: import times and peak RSS are its own.
