@@ -379,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.out is None:
         parser.error("--out is required")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     names = ["upstream", "exact", "fast"] if args.quick else list(rows())
     if args.rows:
         names = ["upstream", *[n for n in args.rows.split(",") if n != "upstream"]]

@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         shown = {k: v for k, v in result.items() if k != "runs"}
         print(json.dumps(shown), flush=True)
     if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2) + "\n")
     return 0
 
