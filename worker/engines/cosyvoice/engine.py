@@ -10,7 +10,8 @@ process and fork (no OpenMP pool exists yet to break in the children, pytorch#17
 process switches to `threads` on its first synthesis.
 
 Speed: `TTS_COSYVOICE_PRESET` (worker.engines.cosyvoice.presets) picks upstream's code for every
-stage, the exact default (own decode loop, weight norm folded) or the approximate fast levers.
+stage, the exact default (own decode loop, flow estimator on ONNX Runtime, weight norm folded)
+or the approximate fast levers.
 Every preset runs the stages the way upstream's non-streaming `CosyVoiceModel.tts` does (LLM,
 then flow, then vocoder, drawing on the global torch RNG in the same order), and records each
 stage's time in `last_stages`.
@@ -57,9 +58,12 @@ class StageTimes:
     llm: float = 0.0
     flow: float = 0.0
     hift: float = 0.0
-    speech_tokens: int = 0
     # Each chunk's speech tokens (parity checks compare them with upstream's).
     tokens: list[list[int]] = field(default_factory=list)
+
+    @property
+    def speech_tokens(self) -> int:
+        return sum(len(chunk) for chunk in self.tokens)
 
 
 class CosyVoiceSynthesizer:
@@ -230,7 +234,6 @@ class _Stages:
         times.llm += flow_started - started
         times.flow += hift_started - flow_started
         times.hift += done - hift_started
-        times.speech_tokens += len(tokens)
         times.tokens.append(tokens)
         return speech
 
