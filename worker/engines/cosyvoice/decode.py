@@ -15,13 +15,15 @@ Everything else follows upstream `TransformerLM.inference` step for step: the pr
 first step, the min/max speech-token ratios, and the yaml's `ras_sampling` called with the same
 arguments on the same global torch RNG, so that a seeded run emits upstream's tokens.
 
-State is per utterance (`_Utterance`): the batching issue adds a batch dimension over it.
+State is per utterance (`Row`): a scheduler steps the rows of many jobs together (`advance`),
+each drawing from its own generator, so a job's tokens do not depend on its batch-mates.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +34,8 @@ from core.errors import ConfigError
 # Rows of the position tables computed at a time: a few hundred rows cost ~50 ms of one
 # process's CPU per growth at full size, and most utterances stay below 512 positions.
 _TABLE_GROWTH = 256
+# Speech positions a row's cache starts with; it doubles as the utterance grows.
+_FIRST_RESERVE = 256
 
 
 @dataclass(frozen=True)
@@ -82,19 +86,55 @@ class PositionTables:
                 self.tables[i] = torch.cat([self.tables[i], added], dim=1)
 
 
-@dataclass
-class _Utterance:
-    """One utterance's decoding state: its key/value cache and how much of it is filled."""
+class Row:
+    """One utterance in flight: its key/value cache, how much of it is filled, what it decoded
+    and the distribution of its next token. Rows of different jobs step together
+    (`SpeechTokenDecoder.advance`) yet share nothing but the weights and the position tables."""
 
-    keys: torch.Tensor  # (layers, 1, heads, capacity, d_k)
-    values: torch.Tensor
-    length: int = 0
+    def __init__(
+        self, *, layers: int, heads: int, d_k: int, capacity: int, limit: int,
+        min_len: int, max_len: int, generator: torch.Generator | None,
+    ) -> None:  # fmt: skip
+        self._shape = (layers, 1, heads, 0, d_k)
+        self.limit = limit  # the most positions the row can ever hold
+        self.keys = torch.empty(0)  # (layers, 1, heads, capacity, d_k)
+        self.values = torch.empty(0)
+        self.length = 0
+        self.min_len, self.max_len = min_len, max_len
+        # None: the global torch RNG (upstream's own behaviour, for the batch-1 parity checks).
+        self.generator = generator
+        self.decoded: list[int] = []
+        self.log_probs = torch.empty(0)  # (1, vocabulary): where the next token is drawn from
+        self.reserve(capacity)
+
+    @property
+    def capacity(self) -> int:
+        return int(self.keys.size(3)) if self.keys.dim() == 5 else 0
+
+    def reserve(self, positions: int) -> None:
+        """Make room for `positions` cache entries: doubled when short, never past `limit`."""
+        old = self.capacity
+        if positions <= old:
+            return
+        new = min(self.limit, max(positions, 2 * old))
+        layers, _, heads, _, d_k = self._shape
+        keys, values = (torch.empty(layers, 1, heads, new, d_k) for _ in range(2))
+        if old:
+            keys[:, :, :, :old] = self.keys
+            values[:, :, :, :old] = self.values
+        self.keys, self.values = keys, values
+
+    def outstanding_bytes(self) -> int:
+        """What the cache may still grow by, in bytes, before the row must end."""
+        layers, _, heads, _, d_k = self._shape
+        return 2 * 4 * layers * heads * d_k * max(0, self.limit - self.capacity)
 
 
 class SpeechTokenDecoder:
     """Speech tokens from text tokens with the loaded upstream v1 `TransformerLM` (`llm`).
 
-    One per engine; not thread-safe (one utterance at a time per process)."""
+    One per engine, used by one thread at a time. `generate` decodes one utterance; `start`,
+    `next_token` and `advance` let a scheduler step many utterances together."""
 
     def __init__(self, llm: Any, limits: DecodeLimits | None = None) -> None:
         _check_supported(llm)
@@ -109,33 +149,23 @@ class SpeechTokenDecoder:
         self.eos = llm.speech_token_size
         self.positions = PositionTables(encoder, self.heads, self.d_k)
 
-    # --- the loop ---------------------------------------------------------------------------
+    # --- one utterance ----------------------------------------------------------------------
 
     @torch.inference_mode()
     def generate(
-        self, text: torch.Tensor, text_len: torch.Tensor, embedding: torch.Tensor
+        self,
+        text: torch.Tensor,
+        text_len: torch.Tensor,
+        embedding: torch.Tensor,
+        *,
+        generator: torch.Generator | None = None,
     ) -> Iterator[int]:
         """Yield speech tokens as upstream `TransformerLM.inference` does for SFT (no prompt):
         `text` (1, L) int tokens, `text_len` (1,), `embedding` (1, 192) or (0, 192)."""
-        prefix, text_tokens = self._prefix(text, text_len, embedding)
-        min_len = int(text_tokens * self.limits.min_token_text_ratio)
-        max_len = int(text_tokens * self.limits.max_token_text_ratio)
-        state = self._start(prefix.size(1) + max_len)
-        logp = self._prefill(state, prefix)
-        decoded: list[int] = []
-        for i in range(max_len):
-            if i == 0:
-                logp[:, self.eos] = -float("inf")  # upstream: never stop before one token
-            token = int(
-                self.llm.sampling_ids(
-                    logp.squeeze(dim=0), decoded, self.limits.sampling, ignore_eos=i < min_len
-                ).item()
-            )
-            if token == self.eos:
-                return
+        row = self.start(text, text_len, embedding, generator=generator)
+        while (token := self.next_token(row)) is not None:
             yield token
-            decoded.append(token)
-            logp = self._step(state, token)
+            self.advance([row], [token])
 
     @torch.inference_mode()
     def teacher_forced(
@@ -148,11 +178,121 @@ class SpeechTokenDecoder:
         """Log-probabilities (len(tokens) + 1, vocabulary) of each step when fed `tokens`: row i
         is the distribution the i-th token was drawn from (row 0 after the prefill), without
         the first step's end-of-speech mask."""
-        prefix, _ = self._prefix(text, text_len, embedding)
-        state = self._start(prefix.size(1) + len(tokens) + 1)
-        rows = [self._prefill(state, prefix)]
-        rows.extend(self._step(state, token) for token in tokens)
-        return torch.cat(rows, dim=0)
+        return self.teacher_forced_together([(text, text_len, embedding, tokens)])[0]
+
+    @torch.inference_mode()
+    def teacher_forced_together(
+        self, requests: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]]
+    ) -> list[torch.Tensor]:
+        """`teacher_forced` for several utterances stepped as one batch (each leaves the batch
+        when its tokens run out): the batching determinism checks compare it with alone."""
+        rows = [
+            self.start(text, text_len, embedding, extra=len(tokens) + 1)
+            for text, text_len, embedding, tokens in requests
+        ]
+        out: list[list[torch.Tensor]] = [[row.log_probs] for row in rows]
+        for step in range(max((len(r[3]) for r in requests), default=0)):
+            active = [i for i, r in enumerate(requests) if step < len(r[3])]
+            self.advance([rows[i] for i in active], [requests[i][3][step] for i in active])
+            for i in active:
+                out[i].append(rows[i].log_probs)
+        return [torch.cat(parts, dim=0) for parts in out]
+
+    # --- many utterances, one step at a time -----------------------------------------------
+
+    @torch.inference_mode()
+    def start(
+        self,
+        text: torch.Tensor,
+        text_len: torch.Tensor,
+        embedding: torch.Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        extra: int | None = None,
+    ) -> Row:
+        """A new row: the prefix through the prefill, ready for its first `next_token`.
+        `extra` caps the speech positions the row may need (default: the max-length rule)."""
+        prefix, text_tokens = self._prefix(text, text_len, embedding)
+        min_len = int(text_tokens * self.limits.min_token_text_ratio)
+        max_len = int(text_tokens * self.limits.max_token_text_ratio)
+        limit = prefix.size(1) + (max_len if extra is None else extra)
+        self.positions.ensure(limit)
+        row = Row(
+            layers=len(self._layers), heads=self.heads, d_k=self.d_k, limit=limit,
+            capacity=min(limit, prefix.size(1) + _FIRST_RESERVE), min_len=min_len,
+            max_len=max_len, generator=generator,
+        )  # fmt: skip
+        row.log_probs = self._prefill(row, prefix)
+        return row
+
+    def row_bytes(self, text_tokens: int, prefix: int) -> int:
+        """The most cache memory a row of `text_tokens` text tokens can take."""
+        positions = prefix + int(text_tokens * self.limits.max_token_text_ratio)
+        return int(2 * 4 * len(self._layers) * self.heads * self.d_k * positions)
+
+    def next_token(self, row: Row) -> int | None:
+        """Draw the row's next speech token with upstream's sampling and stop rules (from the
+        row's own generator); None when the utterance has ended."""
+        step = len(row.decoded)
+        if step >= row.max_len:
+            return None
+        log_probs = row.log_probs
+        if step == 0:
+            log_probs = log_probs.clone()
+            log_probs[:, self.eos] = -float("inf")  # upstream: never stop before one token
+        with drawing_from(row.generator):
+            token = int(
+                self.llm.sampling_ids(
+                    log_probs.squeeze(dim=0),
+                    row.decoded,
+                    self.limits.sampling,
+                    ignore_eos=step < row.min_len,
+                ).item()
+            )
+        if token == self.eos:
+            return None
+        row.decoded.append(token)
+        return token
+
+    @torch.inference_mode()
+    def advance(self, rows: list[Row], tokens: list[int]) -> None:
+        """Feed each row its token, all rows in one pass: the linear maps see a batch of
+        len(rows) (one read of the weights for all), attention runs per row over that row's
+        own cache and positions. Sets each row's `log_probs`."""
+        n = len(rows)
+        for row in rows:
+            row.reserve(row.length + 1)
+        encoder = self._encoder
+        x = self.llm.speech_embedding.weight[torch.tensor(tokens)].unsqueeze(1)  # (n, 1, D)
+        x = encoder.embed.out(x) * encoder.embed.pos_enc.xscale
+        for i, layer in enumerate(self._layers):
+            attention = layer.self_attn
+            h = layer.norm1(x)
+            q = attention.linear_q(h).view(n, self.heads, 1, self.d_k)
+            k = attention.linear_k(h).view(n, self.heads, self.d_k)
+            v = attention.linear_v(h).view(n, self.heads, self.d_k)
+            q_u = q + attention.pos_bias_u.unsqueeze(1)  # (n, heads, 1, d_k)
+            q_v = q + attention.pos_bias_v.unsqueeze(1)
+            table = self.positions.tables[i]
+            contexts = []
+            for b, row in enumerate(rows):
+                t = row.length
+                row.keys[i, 0, :, t] = k[b]
+                row.values[i, 0, :, t] = v[b]
+                keys = row.keys[i, 0, :, : t + 1]  # (heads, t + 1, d_k)
+                content = torch.matmul(q_u[b], keys.transpose(-2, -1))
+                # Key j sits at relative position t - j: the table's rows t..0.
+                position = torch.matmul(q_v[b], table[:, : t + 1].transpose(-2, -1)).flip(-1)
+                weights = torch.softmax((content + position) / self._scale, dim=-1)
+                contexts.append(torch.matmul(weights, row.values[i, 0, :, : t + 1]))
+            context = torch.stack(contexts).transpose(1, 2).reshape(n, 1, -1)
+            x = x + attention.linear_out(context)
+            x = x + layer.feed_forward(layer.norm2(x))
+        for row in rows:
+            row.length += 1
+        log_probs = self._log_probs(encoder.after_norm(x))
+        for b, row in enumerate(rows):
+            row.log_probs = log_probs[b : b + 1]
 
     # --- the arithmetic ---------------------------------------------------------------------
 
@@ -172,14 +312,9 @@ class SpeechTokenDecoder:
         prefix = torch.concat([sos, speaker, encoded, task], dim=1)
         return prefix, int(encoded_len.reshape(-1)[0])
 
-    def _start(self, capacity: int) -> _Utterance:
-        self.positions.ensure(capacity)
-        shape = (len(self._layers), 1, self.heads, capacity, self.d_k)
-        return _Utterance(keys=torch.empty(shape), values=torch.empty(shape))
-
-    def _prefill(self, state: _Utterance, prefix: torch.Tensor) -> torch.Tensor:
+    def _prefill(self, row: Row, prefix: torch.Tensor) -> torch.Tensor:
         """The prefix through upstream's own `forward_chunk` (once per utterance), its cache
-        copied into the preallocated one; the first step's log-probabilities."""
+        copied into the row's; the first step's log-probabilities."""
         length = prefix.size(1)
         mask = torch.tril(torch.ones((1, length, length))).to(torch.bool)
         empty = torch.zeros((0, 0, 0, 0))
@@ -188,41 +323,31 @@ class SpeechTokenDecoder:
             att_mask=mask,
         )  # fmt: skip
         # cache: (layers, heads, length, 2 * d_k), keys then values.
-        state.keys[:, 0, :, :length] = cache[..., : self.d_k]
-        state.values[:, 0, :, :length] = cache[..., self.d_k :]
-        state.length = length
+        row.keys[:, 0, :, :length] = cache[..., : self.d_k]
+        row.values[:, 0, :, :length] = cache[..., self.d_k :]
+        row.length = length
         return self._log_probs(hidden)
-
-    def _step(self, state: _Utterance, token: int) -> torch.Tensor:
-        """One speech token through every layer; the next step's log-probabilities."""
-        encoder = self._encoder
-        x = self.llm.speech_embedding.weight[token].reshape(1, 1, -1)
-        x = encoder.embed.out(x) * encoder.embed.pos_enc.xscale
-        t = state.length
-        length = t + 1
-        for i, layer in enumerate(self._layers):
-            attention = layer.self_attn
-            h = layer.norm1(x)
-            q = attention.linear_q(h).view(1, 1, self.heads, self.d_k)
-            state.keys[i, :, :, t] = attention.linear_k(h).view(1, self.heads, self.d_k)
-            state.values[i, :, :, t] = attention.linear_v(h).view(1, self.heads, self.d_k)
-            keys = state.keys[i, :, :, :length]
-            values = state.values[i, :, :, :length]
-            q_u = (q + attention.pos_bias_u).transpose(1, 2)  # (1, heads, 1, d_k)
-            q_v = (q + attention.pos_bias_v).transpose(1, 2)
-            content = torch.matmul(q_u, keys.transpose(-2, -1))
-            # Key j sits at relative position t - j: the table's rows t..0.
-            table = self.positions.tables[i][:, :length]
-            position = torch.matmul(q_v, table.transpose(-2, -1)).flip(-1)
-            weights = torch.softmax((content + position) / self._scale, dim=-1)
-            context = torch.matmul(weights, values).transpose(1, 2).reshape(1, 1, -1)
-            x = x + attention.linear_out(context)
-            x = x + layer.feed_forward(layer.norm2(x))
-        state.length = length
-        return self._log_probs(encoder.after_norm(x))
 
     def _log_probs(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.llm.llm_decoder(hidden[:, -1]).log_softmax(dim=-1)  # type: ignore[no-any-return]
+
+
+@contextmanager
+def drawing_from(generator: torch.Generator | None) -> Iterator[None]:
+    """Run upstream code that draws from the global torch RNG on `generator`'s stream instead
+    (its state is swapped in and back out): each job keeps its own sequence of draws whatever
+    else the process decodes. The engine's compute runs on one thread, so nothing else draws
+    in between. None leaves the global RNG in place."""
+    if generator is None:
+        yield
+        return
+    saved = torch.get_rng_state()
+    torch.set_rng_state(generator.get_state())
+    try:
+        yield
+    finally:
+        generator.set_state(torch.get_rng_state())
+        torch.set_rng_state(saved)
 
 
 def _check_supported(llm: Any) -> None:

@@ -23,7 +23,6 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -32,6 +31,14 @@ import numpy as np
 
 from core.errors import ConfigError, InvalidJob
 from core.settings import Settings
+from worker.engines.cosyvoice.batching import (
+    BatchLimits,
+    BatchRunner,
+    BatchScheduler,
+    SpeechJob,
+    StageTimes,
+    Voice,
+)
 from worker.engines.cosyvoice.loader import default_cache_dir, import_runtime, load_cosyvoice
 from worker.engines.cosyvoice.model_dir import check_model_dir, is_random_model, model_fingerprint
 from worker.engines.cosyvoice.presets import DEFAULT_PRESET, Preset, get_preset
@@ -51,25 +58,12 @@ def default_threads(settings: Settings) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, settings.concurrency))
 
 
-@dataclass
-class StageTimes:
-    """Seconds spent in each stage of the last synthesis (all its chunks), and speech tokens."""
-
-    llm: float = 0.0
-    flow: float = 0.0
-    hift: float = 0.0
-    # Each chunk's speech tokens (parity checks compare them with upstream's).
-    tokens: list[list[int]] = field(default_factory=list)
-
-    @property
-    def speech_tokens(self) -> int:
-        return sum(len(chunk) for chunk in self.tokens)
-
-
 class CosyVoiceSynthesizer:
     """CosyVoice-300M-SFT: the seven built-in speakers, 22050 Hz float32 mono.
 
-    One instance per worker process (or per parent, before the fork); not thread-safe.
+    One instance per worker process (or per parent, before the fork). With `max_batch` > 1
+    (and a preset with the project's decode loop), `synthesize` is thread-safe: concurrent
+    calls are decoded together by one engine thread (worker.engines.cosyvoice.batching).
     `load_seconds` is how long the import and the load took; `version` names the runtime.
     """
 
@@ -82,6 +76,7 @@ class CosyVoiceSynthesizer:
         threads: int,
         seed: int = 0,
         preset: str | Preset = DEFAULT_PRESET,
+        batch: BatchLimits | None = None,
     ) -> None:
         self.preset = preset if isinstance(preset, Preset) else get_preset(preset)
         path = check_model_dir(model_dir)
@@ -99,6 +94,18 @@ class CosyVoiceSynthesizer:
         self.sample_rate = int(self._model.sample_rate)
         self._speakers = frozenset(str(s) for s in self._model.list_available_spks())
         self._splitter = TextSplitter(self._model.frontend)
+        voice = Voice(splitter=self._splitter, frontend=self._model.frontend, stages=self._stages)
+        self._runner: BatchRunner | None = None
+        self._scheduler: BatchScheduler | None = None
+        self.max_batch = 1
+        if self._stages.decoder is not None:
+            self._runner = BatchRunner(self._stages.decoder, voice)
+            limits = batch or BatchLimits(max_batch=1)
+            if limits.max_batch > 1:
+                self.max_batch = limits.max_batch
+                self._scheduler = BatchScheduler(
+                    self._runner, limits, on_thread_start=self._start_engine_thread
+                )
         # The runtime's release: the worker's info metric reports it as the engine version.
         self.version = f"{RUNTIME_PACKAGE}-{metadata.version(RUNTIME_PACKAGE)}"
         if self.random_weights:
@@ -112,6 +119,11 @@ class CosyVoiceSynthesizer:
             settings.model_dir,
             threads=default_threads(settings),
             preset=settings.cosyvoice_preset,
+            batch=BatchLimits(
+                max_batch=settings.effective_engine_batch,
+                max_wait=settings.engine_batch_wait_ms / 1000,
+                rss_budget_bytes=settings.engine_rss_budget_mb << 20,
+            ),
         )
 
     def speakers(self) -> frozenset[str]:
@@ -128,9 +140,12 @@ class CosyVoiceSynthesizer:
             **self.preset.identity(),
         }
 
-    def synthesize(self, text: str, *, speaker: str, lang: str | None) -> np.ndarray:
+    def synthesize(
+        self, text: str, *, speaker: str, lang: str | None, deadline: float | None = None
+    ) -> np.ndarray:
         """Speak `text` in `speaker`'s voice; long text is split into sentence chunks of at most
-        about 80 text tokens (the frontend's own limits) and the chunks' audio concatenated."""
+        about 80 text tokens (the frontend's own limits) and the chunks' audio concatenated.
+        Past `deadline` (time.monotonic()) the job is dropped with JobTimeout."""
         import torch
 
         if speaker not in self._speakers:
@@ -140,25 +155,46 @@ class CosyVoiceSynthesizer:
                 reason="unknown_speaker",
                 field="speaker",
             )
-        chunks = self._splitter.split(text, lang=lang)
-        if not chunks:
-            raise InvalidJob("nothing to say after text normalization", reason="invalid_text")
-        self.prepare_process()
-        # Sampling (LLM), flow noise and the vocoder's excitation are random: a fixed seed per
-        # job makes the same request give the same audio (a redelivered job, a re-run batch).
-        torch.manual_seed(self._seed)
-        self.last_stages = StageTimes()
-        pieces = []
-        for chunk in chunks:
-            # The text is already normalized (and kept away from the package's French branch,
-            # which misroutes zh/en text containing "son", "car"...): upstream
-            # `CosyVoice.inference_sft` with text_frontend=False, minus its progress bar.
-            model_input = self._model.frontend.frontend_sft(chunk, speaker)
-            pieces.append(self._stages.speak(model_input, self.last_stages))
-        audio = np.concatenate(pieces).astype(np.float32, copy=False)
+        # Sampling (LLM), flow noise and the vocoder's excitation are random: each job draws
+        # from its own generator with a fixed seed, so the same request gives the same audio
+        # (a redelivered job, a re-run batch) whatever else the engine decodes with it.
+        job = SpeechJob(
+            text, speaker, lang, torch.Generator().manual_seed(self._seed), deadline=deadline
+        )
+        if self._scheduler is not None:
+            audio = self._scheduler.synthesize(job)
+        else:
+            self.prepare_process()
+            audio = self._synthesize_alone(job)
+        self.last_stages = job.times
         if not np.isfinite(audio).all():
             raise RuntimeError("cosyvoice produced non-finite samples")
         return audio
+
+    def set_step_observer(self, observer: Callable[[int], None]) -> None:
+        """Call `observer(rows)` after every decode step (the worker's batch-size metric)."""
+        if self._runner is not None:
+            self._runner.on_step = observer
+
+    def _synthesize_alone(self, job: SpeechJob) -> np.ndarray:
+        if self._runner is not None:
+            return self._runner.run_alone(job)
+        # Upstream's own LLM loop: the whole chunk on the job's generator.
+        from worker.engines.cosyvoice.decode import drawing_from
+
+        voice = Voice(splitter=self._splitter, frontend=self._model.frontend, stages=self._stages)
+        pieces = []
+        with drawing_from(job.generator):
+            for model_input in voice.model_inputs(job):
+                pieces.append(self._stages.speak(model_input, job.times))
+        return np.concatenate(pieces).astype(np.float32, copy=False)
+
+    def _start_engine_thread(self) -> None:
+        import torch
+
+        # The batch thread does all of this process's torch work: give it the process's threads.
+        torch.set_num_threads(self.threads)
+        self._threads_pid = os.getpid()
 
     def prepare_process(self) -> None:
         """Set this process's torch threads to `threads` (once per process; a forked child
