@@ -142,9 +142,8 @@ def test_the_pool_follows_the_effective_engine_batch(
     assert worker_pool(settings) == expected
     batched = expected.name == "threads"
     assert settings.effective_engine_batch == (expected.concurrency if batched else 1)
-    )
     # A batched node is one process however many prefork processes were asked for.
-    assert worker_pool(settings, processes=5).processes == (1 if expected.name == "threads" else 5)
+    assert worker_pool(settings, processes=5).processes == (1 if batched else 5)
 
 
 def test_batched_jobs_get_b_times_their_limit_and_the_timeout_covers_it() -> None:
