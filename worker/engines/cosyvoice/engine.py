@@ -30,7 +30,8 @@ from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 
-from core.errors import ConfigError, InvalidJob
+from core.delivery import worker_pool
+from core.errors import ConfigError, InvalidJob, JobTimeout
 from core.settings import Settings
 from worker.engines.cosyvoice.loader import default_cache_dir, import_runtime, load_cosyvoice
 from worker.engines.cosyvoice.model_dir import check_model_dir, is_random_model, model_fingerprint
@@ -48,7 +49,7 @@ def default_threads(settings: Settings) -> int:
     """`settings.threads`, or (0) the machine's cores divided among the worker processes."""
     if settings.threads > 0:
         return settings.threads
-    return max(1, (os.cpu_count() or 1) // max(1, settings.concurrency))
+    return max(1, (os.cpu_count() or 1) // max(1, worker_pool(settings).processes))
 
 
 @dataclass
@@ -128,9 +129,12 @@ class CosyVoiceSynthesizer:
             **self.preset.identity(),
         }
 
-    def synthesize(self, text: str, *, speaker: str, lang: str | None) -> np.ndarray:
+    def synthesize(
+        self, text: str, *, speaker: str, lang: str | None, deadline: float | None = None
+    ) -> np.ndarray:
         """Speak `text` in `speaker`'s voice; long text is split into sentence chunks of at most
-        about 80 text tokens (the frontend's own limits) and the chunks' audio concatenated."""
+        about 80 text tokens (the frontend's own limits) and the chunks' audio concatenated.
+        Past `deadline` (time.monotonic()) the job fails with JobTimeout."""
         import torch
 
         if speaker not in self._speakers:
@@ -158,6 +162,9 @@ class CosyVoiceSynthesizer:
         audio = np.concatenate(pieces).astype(np.float32, copy=False)
         if not np.isfinite(audio).all():
             raise RuntimeError("cosyvoice produced non-finite samples")
+        # Until the batch scheduler drops a row at its deadline: checked once, at the end.
+        if deadline is not None and time.monotonic() > deadline:
+            raise JobTimeout("cosyvoice: the job ran past its deadline")
         return audio
 
     def prepare_process(self) -> None:
