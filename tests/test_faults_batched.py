@@ -27,6 +27,7 @@ from core.delivery import job_deadline_seconds
 from core.settings import Settings
 from core.storage import AudioStore
 from devstack.procs import is_alive
+from producer.api import BatchHandle
 from tests.support.helpers import pushgateway_samples, run_cli, wait_until
 from tests.test_faults import (
     assert_valid_object,
@@ -148,7 +149,7 @@ def test_sigterm_finishes_every_job_a_batched_process_holds(
     assert counts(settings, "batch-shutdown") == {"succeeded": len(bodies)}
 
 
-def job_row(batch: Any, text: str) -> str:
+def job_row(batch: BatchHandle, text: str) -> str:
     job_id = job_of(batch, text)
     return next(r.row_id for r in batch.results() if r.job_id == job_id)
 
