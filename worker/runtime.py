@@ -123,6 +123,9 @@ def start_process(
     log.info(
         "worker process %s ready: engine %s (%s)", os.getpid(), ctx.engine.name, ctx.engine.model_id
     )
+    if ctx.deadlines and not ctx.gate.batches:
+        # Batched mode asked of an engine without `max_batch`: safe, but no faster.
+        log.warning("engine %s does not batch: its jobs take turns in the engine", ctx.engine.name)
     return ctx
 
 
