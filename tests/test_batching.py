@@ -159,7 +159,8 @@ def test_task_threads_build_one_context_per_process(monkeypatch: pytest.MonkeyPa
 
     def slow_build(settings: Settings, **_: Any) -> tuple[object, None]:
         time.sleep(0.1)  # wide open for a second builder, were there no lock
-        built.append(SimpleNamespace(engine=FakeSynthesizer()))
+        engine = FakeSynthesizer(max_batch=8)
+        built.append(SimpleNamespace(engine=engine, deadlines=True, gate=EngineGate(engine)))
         return built[-1], None
 
     monkeypatch.setattr(runtime, "build_context", slow_build)
@@ -175,7 +176,7 @@ def test_task_threads_build_one_context_per_process(monkeypatch: pytest.MonkeyPa
     for t in threads:
         t.join()
     assert len(built) == 1
-    assert all(ctx is built[0] for ctx in seen)
+    assert len(seen) == 8 and all(ctx is built[0] for ctx in seen)
 
 
 def test_a_batched_job_carries_b_times_its_soft_limit_as_deadline() -> None:
