@@ -4,6 +4,7 @@ first loads its configuration, not before)."""
 from __future__ import annotations
 
 from core.delivery import celery_options
+from core.delivery import worker_pool as _worker_pool
 from core.redis_conn import celery_tls_options
 from core.settings import Settings
 
@@ -21,8 +22,17 @@ result_backend = _settings.results_url
 redis_backend_use_ssl = celery_tls_options(_settings, result_backend)
 result_serializer = "json"
 result_accept_content = ["json"]
-# Late ack + prefetch 1: a job is removed from the queue only after it ran, and a worker holds
-# at most the job in hand; a lost process's job is redelivered.
+# One job per process (prefork, TTS_CONCURRENCY processes), or batched mode: one process whose
+# B task threads each hand a job to the engine, which decodes them together
+# (core.delivery.worker_pool). The command line's --pool/--concurrency win over these; the
+# local stack and `tts-batch worker` pass the same values.
+_pool = _worker_pool(_settings)
+worker_pool = _pool.name
+worker_concurrency = _pool.concurrency
+# Late ack + prefetch multiplier 1: a job is removed from the queue only after it ran, and a
+# worker holds at most the jobs in hand (prefetch = 1 x concurrency: 1 per prefork process, B
+# per batched process); a lost pool process's job is redelivered at once (prefork), a lost
+# node's after the visibility timeout.
 task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
@@ -47,5 +57,6 @@ task_send_sent_event = True
 worker_hijack_root_logger = False
 # The engine is loaded once in the parent before the pool forks (worker/engine_host.py), so
 # pool processes start in well under Celery's 4 s worker_proc_alive_timeout; the pool must fork.
+# (Batched mode forks nothing: the parent's task threads use the engine it loaded.)
 worker_pool_start_method = "fork"
 worker_consumer = "worker.parent.consumer:CountingConsumer"

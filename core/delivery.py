@@ -1,11 +1,13 @@
-"""Delivery rules, shared by producer and worker: the queue, the Celery app's module, time
-limits, retry backoff and its cap, the broker's visibility timeout (and its check), and the
+"""Delivery rules, shared by producer and worker: the queue, the Celery app's module, the
+worker's pool (one job per process, or a batch of jobs per process), time limits and per-job
+deadlines, retry backoff and its cap, the broker's visibility timeout (and its check), and the
 Celery options both sides must agree on.
 """
 
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from core.errors import ConfigError
@@ -22,6 +24,56 @@ CELERY_APP = "worker.app"
 RETRY_CAP_SECONDS = 120.0
 # The jitter factor of a retry's countdown lies in [JITTER_LOW, JITTER_HIGH).
 JITTER_LOW, JITTER_HIGH = 0.5, 1.5
+# Jobs per worker process when TTS_ENGINE_BATCH is 0 (auto). CosyVoice decodes the steps of
+# all jobs in flight together: ~30 speech tokens/s alone, ~130 with 8 jobs on 2 cores (issue
+# 10). Every other engine takes one job per process.
+AUTO_ENGINE_BATCH = {"cosyvoice": 8}
+# Past these a setting is a typo, not a plan: the dashboard's batch-size buckets end at 32.
+MAX_ENGINE_BATCH = 64
+MAX_ENGINE_BATCH_WAIT_MS = 10_000
+
+
+@dataclass(frozen=True)
+class WorkerPool:
+    """The Celery pool of one worker node: `prefork` (one job per process, Celery's time
+    limits) or `threads` (one process holding `concurrency` jobs for a batching engine)."""
+
+    name: str
+    concurrency: int
+
+    @property
+    def processes(self) -> int:
+        return self.concurrency if self.name == "prefork" else 1
+
+
+def effective_engine_batch(settings: Settings) -> int:
+    """Jobs one worker process holds and runs at once: TTS_ENGINE_BATCH, or the engine's
+    default when it is 0."""
+    return settings.engine_batch or AUTO_ENGINE_BATCH.get(settings.engine, 1)
+
+
+def worker_pool(settings: Settings, *, processes: int | None = None) -> WorkerPool:
+    """Batched mode (effective batch B > 1): Celery's threads pool with B threads, each task
+    thread handing its job to the engine and waiting. Otherwise prefork, with `processes`
+    (default TTS_CONCURRENCY) processes, exactly as before batching existed."""
+    batch = effective_engine_batch(settings)
+    if batch > 1:
+        return WorkerPool("threads", batch)
+    return WorkerPool("prefork", processes or settings.concurrency)
+
+
+def check_engine_batch(settings: Settings) -> None:
+    """Refuse batching settings that cannot be meant."""
+    if settings.engine_batch > MAX_ENGINE_BATCH:
+        raise ConfigError(
+            f"TTS_ENGINE_BATCH: {settings.engine_batch} jobs per process is above "
+            f"{MAX_ENGINE_BATCH}; use more worker processes instead (0 = the engine's default)"
+        )
+    if settings.engine_batch_wait_ms > MAX_ENGINE_BATCH_WAIT_MS:
+        raise ConfigError(
+            f"TTS_ENGINE_BATCH_WAIT_MS: {settings.engine_batch_wait_ms} ms is above "
+            f"{MAX_ENGINE_BATCH_WAIT_MS} ms; a step should not wait seconds for a batch to fill"
+        )
 
 
 def backoff_seconds(
@@ -43,9 +95,29 @@ def time_limits(settings: Settings, text_chars: int) -> tuple[float, float]:
     return soft, soft + settings.task_time_grace_seconds
 
 
+def job_time_scale(settings: Settings) -> int:
+    """How many times its time limit a job may take because it shares its process.
+
+    In batched mode a job shares every decoding step with up to B - 1 others. Batched mode is
+    only worth running when the engine's aggregate speed with B jobs is at least its speed
+    with one, so a job among B takes at most B times as long as alone (measured: ~1.8x at 8
+    jobs, ~3x at 16; B is the bound that needs no benchmark). 1 in prefork mode."""
+    return effective_engine_batch(settings)
+
+
+def job_deadline_seconds(settings: Settings, text_chars: int) -> float:
+    """Seconds from the start of a job to its deadline in batched mode: its soft limit,
+    scaled by `job_time_scale`. Past it the engine drops the job (reason `timeout`)."""
+    return time_limits(settings, text_chars)[0] * job_time_scale(settings)
+
+
 def longest_job_seconds(settings: Settings) -> float:
-    """The hard time limit of a job of `max_chars` characters."""
-    return time_limits(settings, settings.max_chars)[1]
+    """The longest a job of `max_chars` characters holds its message while it runs.
+
+    Prefork: its hard limit (Celery kills the process there). Batched: its deadline plus the
+    grace: the engine notices a deadline only between steps, and the job still encodes,
+    uploads and records; nothing kills a thread, so the grace bounds what follows."""
+    return job_deadline_seconds(settings, settings.max_chars) + settings.task_time_grace_seconds
 
 
 def longest_retry_wait_seconds(settings: Settings) -> float:
@@ -59,7 +131,10 @@ def longest_retry_wait_seconds(settings: Settings) -> float:
 
 def visibility_timeout_seconds(settings: Settings) -> int:
     """The broker's visibility timeout: above the longest allowed job plus retry wait, or a slow
-    job would be handed to a second worker while the first still runs it."""
+    job would be handed to a second worker while the first still runs it. In batched mode a
+    process holds B messages (prefetch B, late ack), each for at most `longest_job_seconds`
+    (deadline B x soft, plus grace), all at once rather than one after another: the timeout
+    needs the longest single job, not B of them."""
     if settings.visibility_timeout:
         return settings.visibility_timeout
     return int(longest_job_seconds(settings) * 1.25 + longest_retry_wait_seconds(settings)) + 60

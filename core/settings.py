@@ -64,7 +64,17 @@ class Settings:
     cosyvoice_preset: str = "exact"
     # 0 means: the machine's cores divided among the worker processes.
     threads: int = 0
+    # Pool processes per worker node when jobs run one per process (prefork); a batched node
+    # (effective engine batch > 1) is one process whatever this says (core.delivery).
     concurrency: int = 2
+    # Jobs one worker process holds and runs at once, decoded together by an engine that
+    # batches; 0 = the engine's default (core.delivery.AUTO_ENGINE_BATCH), 1 = one job per
+    # process (prefork pool).
+    engine_batch: int = 0
+    # The most a batching engine's scheduler waits for a batch to fill before a step.
+    engine_batch_wait_ms: int = 50
+    # A batching engine admits no job that would take the process past this RSS; 0 = no limit.
+    engine_rss_budget_mb: int = 0
     max_chars: int = 500
     max_batch_rows: int = 100_000
     speakers: tuple[str, ...] = COSYVOICE_SFT_SPEAKERS
@@ -104,6 +114,13 @@ class Settings:
         return visibility_timeout_seconds(self)
 
     @property
+    def effective_engine_batch(self) -> int:
+        """Jobs one worker process runs at once (the rule: core.delivery)."""
+        from core.delivery import effective_engine_batch
+
+        return effective_engine_batch(self)
+
+    @property
     def results_url(self) -> str:
         return self.result_backend or self.broker_url
 
@@ -130,8 +147,9 @@ class Settings:
                 continue
             values[f.name] = _parse(f.name, raw, type_name=str(f.type))
         settings = cls(**values)  # type: ignore[arg-type]
-        from core.delivery import check_visibility_timeout
+        from core.delivery import check_engine_batch, check_visibility_timeout
 
+        check_engine_batch(settings)
         check_visibility_timeout(settings)
         return settings
 

@@ -14,8 +14,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.delivery import CELERY_APP, QUEUE
+from core.delivery import CELERY_APP, QUEUE, worker_pool
 from core.errors import StackError
+from core.settings import Settings
 from devstack.credentials import StackCredentials, write_secret
 from devstack.layout import StackLayout
 from devstack.procs import ProcSpec
@@ -401,6 +402,9 @@ def _flower(ctx: ServiceContext) -> Service:
 def _worker(name: str, ctx: ServiceContext) -> Service:
     hostname = f"{name}@%h"
     log = ctx.layout.dirs.log_file(name)
+    # Prefork with `concurrency` processes, or one batched process with B task threads: the
+    # node's own settings decide (core.delivery.worker_pool), as celeryconfig.py does.
+    pool = worker_pool(Settings.from_env(ctx.env), processes=ctx.concurrency)
     return Service(
         spec=ProcSpec(
             name=name,
@@ -412,8 +416,10 @@ def _worker(name: str, ctx: ServiceContext) -> Service:
                 "-E",
                 "-Q",
                 ctx.queue,
+                "--pool",
+                pool.name,
                 "--concurrency",
-                str(ctx.concurrency),
+                str(pool.concurrency),
                 "--hostname",
                 hostname,
                 "--loglevel",

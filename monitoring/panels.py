@@ -173,4 +173,27 @@ PANELS: tuple[Panel, ...] = (
         unit="ops",
         description="Retries scheduled per second, by reason.",
     ),
+    Panel(
+        "Engine batch size",
+        (
+            Query(
+                f"sum by (engine) (rate(tts_engine_batch_size_sum[{_R}]))"
+                f" / sum by (engine) (rate(tts_engine_batch_size_count[{_R}]))",
+                "average {{engine}}",
+            ),
+            Query(
+                "histogram_quantile(0.9, sum by (le, engine) "
+                f"(rate(tts_engine_batch_size_bucket[{_R}])))",
+                "p90 {{engine}}",
+            ),
+        ),
+        unit="short",
+        description="Jobs per batched decoding step (batched mode): average and P90.",
+    ),
+    Panel(
+        "Speech tokens per second",
+        (Query(f"sum by (engine) (rate(tts_engine_speech_tokens_total[{_R}]))", "{{engine}}"),),
+        unit="none",
+        description="Speech tokens decoded per second by batched steps, all workers.",
+    ),
 )

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from core.delivery import CELERY_APP, QUEUE
+from core.delivery import CELERY_APP, QUEUE, worker_pool
 from core.errors import ConfigError, InvalidBatch, InvalidJob, StackError, TTSError
 from core.settings import LOCAL_PORTS, Settings
 from devstack.credentials import local_settings
@@ -112,7 +112,12 @@ def _parser() -> argparse.ArgumentParser:
         "up", help="start the local stack (Redis, S3, Pushgateway, Prometheus, Flower, workers)"
     )
     p.add_argument("--workers", type=int, default=1, help="worker nodes (default 1)")
-    p.add_argument("--concurrency", type=int, default=None, help="processes per worker node")
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        help="processes per worker node (prefork; a batched node is one process)",
+    )
     p.add_argument("--no-workers", action="store_true", help="start the services only")
     p.set_defaults(run=_cmd_up)
 
@@ -140,7 +145,12 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_cmd_make_random_model)
 
     p = sub.add_parser("worker", help="run a worker in the foreground with the project's settings")
-    p.add_argument("--concurrency", type=int, default=None)
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        help="processes (prefork); a batched node is one process of TTS_ENGINE_BATCH threads",
+    )
     p.add_argument("--hostname", default=None, help="Celery node name (default tts@HOST)")
     p.add_argument("--loglevel", default="INFO")
     p.set_defaults(run=_cmd_worker)
@@ -372,7 +382,8 @@ def _cmd_make_random_model(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
-    concurrency = args.concurrency or settings.concurrency
+    # Prefork with --concurrency processes, or (batched engine) one process of B task threads.
+    pool = worker_pool(settings, processes=args.concurrency)
     hostname = args.hostname or "tts@%h"
     command = [
         sys.executable,
@@ -384,8 +395,10 @@ def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         "-E",
         "-Q",
         QUEUE,
+        "--pool",
+        pool.name,
         "--concurrency",
-        str(concurrency),
+        str(pool.concurrency),
         "--hostname",
         hostname,
         "--loglevel",

@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -26,10 +26,12 @@ from core.contract import (
     object_key,
     parse_message,
 )
-from core.errors import EngineFailure, InvalidJob, StorageError
+from core.delivery import job_deadline_seconds
+from core.errors import EngineFailure, InvalidJob, JobTimeout, StorageError
 from core.settings import Settings
 from core.storage import AudioStore, StoredObject
 from worker.audio import duration_seconds, encode
+from worker.engine_gate import EngineGate
 from worker.lease import ContentLease
 from worker.push import WorkerMetrics
 from worker.synth import Synthesizer
@@ -46,6 +48,20 @@ class WorkerContext:
     metrics: WorkerMetrics
     worker_name: str
     leases: ContentLease
+    # True where tasks run in the node's own process (batched mode, threads pool): Celery's time
+    # limits do not apply there, so each job carries a deadline into the engine instead.
+    deadlines: bool = False
+    gate: EngineGate = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.gate = EngineGate(self.engine)
+
+    def deadline(self, job: JobMessage, *, started: float) -> float | None:
+        """The job's absolute deadline (time.monotonic()) for a job that started at `started`;
+        None where Celery's soft and hard limits govern (prefork)."""
+        if not self.deadlines:
+            return None
+        return started + job_deadline_seconds(self.settings, len(job.spec.text))
 
     def batch(self, batch_id: str) -> BatchState:
         return BatchState(self.redis, batch_id, ttl_seconds=self.settings.batch_ttl_seconds)
@@ -57,8 +73,11 @@ def parse(ctx: WorkerContext, message: Any) -> JobMessage:
     return parse_message(message, speakers=speakers, max_chars=ctx.settings.max_chars)
 
 
-def run_job(ctx: WorkerContext, job: JobMessage, *, attempt: int) -> dict[str, Any]:
-    """Produce (or find) the audio of a validated job and record the result in its batch."""
+def run_job(
+    ctx: WorkerContext, job: JobMessage, *, attempt: int, deadline: float | None = None
+) -> dict[str, Any]:
+    """Produce (or find) the audio of a validated job and record the result in its batch.
+    Past `deadline` (time.monotonic(); None: no deadline) the engine raises JobTimeout."""
     key = content_key(ctx.engine.identity(), job.spec)
     okey = object_key(key, job.spec.fmt)
     existing = _lookup(ctx, okey)
@@ -68,7 +87,7 @@ def run_job(ctx: WorkerContext, job: JobMessage, *, attempt: int) -> dict[str, A
         with ctx.leases.exclusive(key, done=lambda: _lookup(ctx, okey) is not None) as mine:
             # The lease holder looks once more: the object may have landed just before.
             if mine and (existing := _lookup(ctx, okey)) is None:
-                return _synthesize_and_record(ctx, job, okey, attempt=attempt)
+                return _synthesize_and_record(ctx, job, okey, attempt=attempt, deadline=deadline)
         existing = existing or _lookup(ctx, okey)
         if existing is None:
             raise StorageError(f"{okey} is missing after its lease was released")
@@ -84,14 +103,18 @@ def _lookup(ctx: WorkerContext, okey: str) -> StoredObject | None:
 
 
 def _synthesize_and_record(
-    ctx: WorkerContext, job: JobMessage, okey: str, *, attempt: int
+    ctx: WorkerContext, job: JobMessage, okey: str, *, attempt: int, deadline: float | None
 ) -> dict[str, Any]:
     spec = job.spec
-    started = time.perf_counter()
     try:
-        samples = ctx.engine.synthesize(spec.text, speaker=spec.speaker, lang=spec.lang)
+        with ctx.gate.enter(deadline=deadline):
+            # Engine time, not the turn waited for an engine that takes one job at a time.
+            started = time.perf_counter()
+            samples = ctx.engine.synthesize(
+                spec.text, speaker=spec.speaker, lang=spec.lang, deadline=deadline
+            )
         data = encode(samples, sample_rate=ctx.engine.sample_rate, fmt=spec.fmt)
-    except (InvalidJob, SoftTimeLimitExceeded):
+    except (InvalidJob, JobTimeout, SoftTimeLimitExceeded):
         raise
     except Exception as exc:
         raise EngineFailure(f"{type(exc).__name__}: {exc}") from exc

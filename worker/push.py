@@ -3,7 +3,9 @@
 Each worker process owns one registry whose counters are cumulative for the life of the
 process, and pushes the whole registry (PUT) under {job, worker, process}: processes never
 overwrite each other, and rate() sees counters that only grow. Pushing happens on a thread of
-its own, coalesced, so a slow or absent Pushgateway never delays or fails a task.
+its own, coalesced, so a slow or absent Pushgateway never delays or fails a task. A batched
+node is one process: its task threads and its parent's duties share one registry and one pusher
+(two registries PUT under one {worker, process} group would overwrite each other).
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ STORAGE_OPS = ("upload", "lookup")
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800)
 QUEUE_WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 1800, 3600, 7200)
 STORAGE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+# Rows (jobs) in one batched decoding step: every size up to 4, then the usual batch settings.
+BATCH_SIZE_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 
 
 class WorkerMetrics:
@@ -89,6 +93,20 @@ class WorkerMetrics:
         self.engine_load = Gauge(
             "tts_engine_load_seconds", "Time the engine took to load.", registry=r
         )
+        # Fed by a batching engine's step observer (worker/synth.py), not by tasks.
+        self.batch_size = Histogram(
+            "tts_engine_batch_size",
+            "Rows (jobs) in each batched decoding step.",
+            ["engine"],
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=r,
+        )
+        self.speech_tokens = Counter(
+            "tts_engine_speech_tokens_total",
+            "Speech tokens decoded by batched steps (one per row per step).",
+            ["engine"],
+            registry=r,
+        )
         # Zero every known label value so that rate() and ratios have a series from the start.
         for reason in ERROR_REASONS:
             self.errors.labels(reason=reason)
@@ -100,6 +118,8 @@ class WorkerMetrics:
         self.audio_seconds.labels(engine=engine)
         self.characters.labels(engine=engine)
         self.inference.labels(engine=engine)
+        self.batch_size.labels(engine=engine)
+        self.speech_tokens.labels(engine=engine)
 
     def set_info(self, *, model: str, version: str, load_seconds: float) -> None:
         self.info.labels(engine=self.engine, model=model, version=version).set(1)
@@ -118,6 +138,11 @@ class WorkerMetrics:
         self.inference.labels(engine=self.engine).observe(seconds)
         self.audio_seconds.labels(engine=self.engine).inc(audio_seconds)
         self.characters.labels(engine=self.engine).inc(characters)
+
+    def decode_step(self, rows: int) -> None:
+        """One batched decoding step of `rows` jobs, each of which produced a speech token."""
+        self.batch_size.labels(engine=self.engine).observe(rows)
+        self.speech_tokens.labels(engine=self.engine).inc(rows)
 
 
 PushFunc = Callable[..., Any]

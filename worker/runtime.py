@@ -1,5 +1,7 @@
 """The per-process worker context: built once when a pool process starts, closed when it stops.
 
+Prefork: each pool process builds its own after the fork. Batched mode (threads pool): the
+node's one process builds it on first use, under a lock, and its B task threads share it.
 Kept apart from Celery so that a test or a benchmark can build the same context directly.
 """
 
@@ -8,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
 
 from redis.backoff import ExponentialBackoff
@@ -24,7 +27,10 @@ from worker.synth import Synthesizer, load_engine
 
 log = logging.getLogger(__name__)
 
-_state: dict[str, object] = {"worker_name": socket.gethostname()}
+_state: dict[str, object] = {"worker_name": socket.gethostname(), "in_process_pool": False}
+# Task threads of a batched node ask for the context at once: one of them builds it. (A prefork
+# parent never builds a context, so no fork can copy this lock while it is held.)
+_build_lock = threading.Lock()
 
 
 def set_worker_name(name: str) -> None:
@@ -36,10 +42,25 @@ def worker_name() -> str:
     return str(_state["worker_name"])
 
 
+def set_in_process_pool(value: bool) -> None:
+    """Tasks run in the node's own process (threads pool), not in forked children: no Celery
+    time limits there, so the pipeline gives each job a deadline."""
+    _state["in_process_pool"] = value
+
+
+def in_process_pool() -> bool:
+    return bool(_state["in_process_pool"])
+
+
 def build_context(
-    settings: Settings, *, engine: Synthesizer | None = None, load_seconds: float = 0.0
+    settings: Settings,
+    *,
+    engine: Synthesizer | None = None,
+    load_seconds: float = 0.0,
+    deadlines: bool = False,
 ) -> tuple[WorkerContext, BackgroundPusher | None]:
-    """Engine, storage, Redis, metrics and pusher for this process."""
+    """Engine, storage, Redis, metrics and pusher for this process; a batching engine's steps
+    are counted in the metrics."""
     if engine is None:
         started = time.perf_counter()
         engine = load_engine(settings)
@@ -55,6 +76,9 @@ def build_context(
     metrics, pusher = start_metrics(
         engine, load_seconds=load_seconds, worker=name, pushgateway_url=settings.pushgateway_url
     )
+    observe_steps = getattr(engine, "set_step_observer", None)
+    if callable(observe_steps):
+        observe_steps(metrics.decode_step)
     client = connect(settings, retry=_redis_retry())
     ctx = WorkerContext(
         settings=settings,
@@ -64,6 +88,7 @@ def build_context(
         metrics=metrics,
         worker_name=name,
         leases=ContentLease(client, ttl=settings.lease_seconds),
+        deadlines=deadlines,
     )
     return ctx, pusher
 
@@ -81,22 +106,32 @@ def start_process(
     engine: Synthesizer | None = None,
     load_seconds: float = 0.0,
 ) -> WorkerContext:
-    """Build this process's context (idempotent), around `engine` if it was loaded already."""
-    if _state.get("pid") == os.getpid() and "context" in _state:
-        return context()
-    ctx, pusher = build_context(
-        settings or Settings.from_env(), engine=engine, load_seconds=load_seconds
-    )
-    _state.update(pid=os.getpid(), context=ctx, pusher=pusher)
+    """Build this process's context (idempotent, thread-safe), around `engine` if it was
+    loaded already."""
+    with _build_lock:
+        if _state.get("pid") == os.getpid() and "context" in _state:
+            return context()
+        ctx, pusher = build_context(
+            settings or Settings.from_env(),
+            engine=engine,
+            load_seconds=load_seconds,
+            deadlines=in_process_pool(),
+        )
+        _state.update(context=ctx, pusher=pusher)
+        # Last: a thread that sees this pid finds the context and pusher set.
+        _state["pid"] = os.getpid()
     log.info(
         "worker process %s ready: engine %s (%s)", os.getpid(), ctx.engine.name, ctx.engine.model_id
     )
+    if ctx.deadlines and not ctx.gate.batches:
+        # Batched mode asked of an engine without `max_batch`: safe, but no faster.
+        log.warning("engine %s does not batch: its jobs take turns in the engine", ctx.engine.name)
     return ctx
 
 
 def context() -> WorkerContext:
-    """This process's context; built on first use where no process-init signal ran (solo
-    pool), around the engine the worker preloaded when there is one."""
+    """This process's context; built on first use where no process-init signal ran (threads
+    or solo pool), around the engine the worker preloaded when there is one."""
     if _state.get("pid") != os.getpid():
         from worker import engine_host
 

@@ -1,5 +1,10 @@
 """The Celery task: thin glue from a job message to worker.pipeline, plus the process
-lifecycle signals (context built after the fork, metrics flushed on exit)."""
+lifecycle signals (context built after the fork, metrics flushed on exit).
+
+Batched mode runs Celery's threads pool: no fork, so `worker_process_init` and
+`worker_process_shutdown` never fire; the node's one process is parent and pool at once, and
+no Celery time limit applies, so each job gets a deadline (core.delivery.job_deadline_seconds).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,8 @@ import logging
 import time
 from typing import Any
 
-from celery import Task
+from celery import Task, concurrency
+from celery.concurrency.prefork import TaskPool as PreforkPool
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import (
     celeryd_after_setup,
@@ -46,11 +52,18 @@ def _remember_node_name(sender: str, **_: Any) -> None:
 @worker_ready.connect
 def _start_parent(sender: Any, **_: Any) -> None:
     settings = Settings.from_env()
+    shared = None
+    if runtime.in_process_pool():
+        # This process is the pool too: one registry and one pusher for both roles.
+        engine_host.init_pool_process()
+        ctx = runtime.context()
+        shared = consumer.SharedMetrics(ctx.metrics, runtime.pusher())
     consumer.start_parent(
         worker=runtime.worker_name(),
         pushgateway_url=settings.pushgateway_url,
         engine=engine_host.current(),
         load_seconds=engine_host.load_seconds(),
+        shared=shared,
     )
 
 
@@ -65,9 +78,16 @@ def _guard_broker(**_: Any) -> None:
 
 
 @worker_init.connect
-def _load_engine(**_: Any) -> None:
+def _load_engine(sender: Any, **_: Any) -> None:
     # In the parent, before the pool forks: a failure stops the whole worker with one line.
+    runtime.set_in_process_pool(not _forks(sender.pool_cls))
     engine_host.preload(Settings.from_env())
+
+
+def _forks(pool_cls: Any) -> bool:
+    """True for a pool whose tasks run in forked children (prefork), with Celery's limits."""
+    cls = concurrency.get_implementation(pool_cls)
+    return isinstance(cls, type) and issubclass(cls, PreforkPool)
 
 
 @worker_process_init.connect
@@ -94,7 +114,7 @@ def synthesize(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     started = time.perf_counter()
     retries = int(self.request.retries or 0)
     try:
-        return _run(self, ctx, message, retries=retries)
+        return _run(self, ctx, message, retries=retries, started=time.monotonic())
     finally:
         ctx.metrics.task_duration.observe(time.perf_counter() - started)
         current = runtime.pusher()
@@ -102,7 +122,9 @@ def synthesize(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
             current.notify()
 
 
-def _run(task: Task, ctx: WorkerContext, message: Any, *, retries: int) -> dict[str, Any]:
+def _run(
+    task: Task, ctx: WorkerContext, message: Any, *, retries: int, started: float
+) -> dict[str, Any]:
     attempt = retries + 1
     try:
         job = parse(ctx, message)
@@ -121,11 +143,9 @@ def _run(task: Task, ctx: WorkerContext, message: Any, *, retries: int) -> dict[
     if retries == 0 and job.enqueued_at:
         ctx.metrics.queue_wait.observe(max(time.time() - job.enqueued_at, 0.0))
     try:
-        return run_job(ctx, job, attempt=attempt)
-    except InvalidJob as exc:
-        _fail(ctx, message, reason=exc.reason, error=str(exc), attempts=attempt)
-        raise
-    except EngineFailure as exc:
+        return run_job(ctx, job, attempt=attempt, deadline=ctx.deadline(job, started=started))
+    except (InvalidJob, EngineFailure, JobTimeout) as exc:
+        # JobTimeout: batched mode, the engine dropped the job at its deadline.
         _fail(ctx, message, reason=exc.reason, error=str(exc), attempts=attempt)
         raise
     except SoftTimeLimitExceeded:

@@ -7,6 +7,7 @@ cap (2 and 20 speech tokens per text token; 50 speech tokens a second).
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -120,6 +121,9 @@ def test_threads_default_to_cores_per_process() -> None:
     base = Settings()
     assert default_threads(dataclasses.replace(base, threads=3)) == 3
     assert default_threads(dataclasses.replace(base, threads=0, concurrency=10_000)) == 1
+    # A batched node is one process: it gets every core, whatever TTS_CONCURRENCY says.
+    batched = dataclasses.replace(base, engine="cosyvoice", engine_batch=8, concurrency=10_000)
+    assert default_threads(batched) == (os.cpu_count() or 1)
 
 
 def _edit_tensor(path: Path, key: str) -> None:

@@ -24,6 +24,7 @@ HISTOGRAMS = {
     "tts_task_duration_seconds",
     "tts_queue_wait_seconds",
     "tts_storage_seconds",
+    "tts_engine_batch_size",
 }
 KNOWN_METRICS = {f"{h}{suffix}" for h in HISTOGRAMS for suffix in ("_bucket", "_sum", "_count")} | {
     "tts_errors_total",
@@ -33,6 +34,7 @@ KNOWN_METRICS = {f"{h}{suffix}" for h in HISTOGRAMS for suffix in ("_bucket", "_
     "tts_characters_total",
     "tts_worker_info",
     "tts_engine_load_seconds",
+    "tts_engine_speech_tokens_total",
     "tts_queue_depth",
     "tts_queue_unacked",
     "tts_queue_up",
@@ -103,6 +105,8 @@ def test_required_panels_are_present() -> None:
     assert "tts_queue_wait_seconds_bucket" in exprs["Queue wait"]
     assert "tts_queue_depth" in exprs["Queue depth"]
     assert "time() - max by (worker, process) (push_time_seconds" in exprs["Worker freshness"]
+    assert "rate(tts_engine_batch_size_sum" in exprs["Engine batch size"]
+    assert "rate(tts_engine_speech_tokens_total" in exprs["Speech tokens per second"]
 
 
 def test_only_known_metrics_are_queried() -> None:

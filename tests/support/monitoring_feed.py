@@ -16,6 +16,7 @@ from core.errors import ERROR_REASONS
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800)
 QUEUE_WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 1800, 3600, 7200)
 STORAGE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+BATCH_SIZE_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 
 
 class SimWorker:
@@ -49,6 +50,12 @@ class SimWorker:
         )
         self.audio = Counter("tts_audio_seconds_total", "audio", ["engine"], registry=r)
         self.chars = Counter("tts_characters_total", "chars", ["engine"], registry=r)
+        self.batch_size = Histogram(
+            "tts_engine_batch_size", "rows", ["engine"], buckets=BATCH_SIZE_BUCKETS, registry=r
+        )
+        self.speech_tokens = Counter(
+            "tts_engine_speech_tokens_total", "tokens", ["engine"], registry=r
+        )
         info = Gauge("tts_worker_info", "info", ["engine", "model", "version"], registry=r)
         info.labels(engine, "espeak-ng-1.51", "0.1.0").set(1)
         Gauge("tts_engine_load_seconds", "load", registry=r).set(0.2)
@@ -63,6 +70,8 @@ class SimWorker:
         self.inference.labels(engine)
         self.audio.labels(engine)
         self.chars.labels(engine)
+        self.batch_size.labels(engine)
+        self.speech_tokens.labels(engine)
 
     def run_tasks(self, n: int) -> None:
         """Account for `n` jobs: mostly successes, some cache hits, a few failures."""
@@ -88,6 +97,12 @@ class SimWorker:
                 self.errors.labels("storage_error").inc()
                 self.retries.labels("storage_error").inc()
             self.inference.labels(self.engine).observe(infer)
+            # A batching engine's steps: 50 speech tokens a second of audio, 1-8 jobs a step.
+            rows = self.rng.randint(1, 8)
+            steps = max(1, round(audio * 50 / rows))
+            for _ in range(steps):
+                self.batch_size.labels(self.engine).observe(rows)
+            self.speech_tokens.labels(self.engine).inc(rows * steps)
             self.audio.labels(self.engine).inc(audio)
             self.chars.labels(self.engine).inc(chars)
             self.storage.labels("upload").observe(self.rng.uniform(0.01, 0.08))

@@ -5,11 +5,12 @@ from __future__ import annotations
 import io
 import shutil
 import subprocess
+import time
 
 import numpy as np
 import soundfile as sf
 
-from core.errors import ConfigError, InvalidJob
+from core.errors import ConfigError, InvalidJob, JobTimeout
 
 # espeak-ng voices for each SFT speaker: (default language, voice variant). The language of a
 # job overrides the default; the variant keeps the speaker's gender.
@@ -23,6 +24,8 @@ _ESPEAK_SPEAKERS: dict[str, tuple[str, str]] = {
     "韩语女": ("ko", "f3"),
 }
 _ESPEAK_VOICES = {"zh": "cmn", "en": "en-us", "ja": "ja", "yue": "yue", "ko": "ko"}
+# No text within the length limit takes espeak-ng this long: a hung process, not a slow one.
+_RUN_SECONDS = 120.0
 
 
 class EspeakSynthesizer:
@@ -59,20 +62,32 @@ class EspeakSynthesizer:
             "wpm": self._wpm,
         }
 
-    def synthesize(self, text: str, *, speaker: str, lang: str | None) -> np.ndarray:
+    def synthesize(
+        self, text: str, *, speaker: str, lang: str | None, deadline: float | None = None
+    ) -> np.ndarray:
         if speaker not in _ESPEAK_SPEAKERS:
             raise InvalidJob(f"espeak has no speaker {speaker!r}", reason="unknown_speaker")
         default_lang, variant = _ESPEAK_SPEAKERS[speaker]
         voice = f"{_ESPEAK_VOICES[lang or default_lang]}+{variant}"
+        limit = _RUN_SECONDS
+        if deadline is not None:
+            limit = min(limit, deadline - time.monotonic())
+            if limit <= 0:
+                raise JobTimeout("espeak: the job's deadline passed before it started")
         # Text goes on stdin, never argv: it cannot be taken for an option. No -m: markup in
         # the text is spoken (or skipped) as text, never interpreted as SSML.
-        proc = subprocess.run(
-            [self._binary, "--stdout", "-b", "1", "-v", voice, "-s", str(self._wpm)],
-            input=text.encode("utf-8"),
-            capture_output=True,
-            check=False,
-            timeout=120,
-        )
+        try:
+            proc = subprocess.run(
+                [self._binary, "--stdout", "-b", "1", "-v", voice, "-s", str(self._wpm)],
+                input=text.encode("utf-8"),
+                capture_output=True,
+                check=False,
+                timeout=limit,
+            )
+        except subprocess.TimeoutExpired:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise JobTimeout("espeak: past the job's deadline") from None
+            raise
         if proc.returncode != 0 or len(proc.stdout) <= 44:
             raise RuntimeError(
                 f"espeak-ng exited {proc.returncode}: {proc.stderr.decode(errors='replace')[:200]}"

@@ -3,7 +3,10 @@
 Messages that fail before any task code runs (a body that is not JSON or not UTF-8, a pickled
 body, an unknown task) are handled by the consumer in the parent: they are counted here as
 tts_errors_total{reason="bad_message"}, pushed under the parent's own {worker, process} group.
-The parent also runs the janitor that removes its dead children's groups.
+The parent also runs the janitor that removes its dead children's groups. In batched mode the
+parent is the only process and runs the tasks too: it adopts the task side's metrics and pusher
+(`SharedMetrics`), since two registries PUT under one {worker, process} group would overwrite
+each other.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from celery.worker.consumer import Consumer
 
@@ -24,14 +27,29 @@ log = logging.getLogger(__name__)
 _parent: dict[str, Any] = {}
 
 
+class SharedMetrics(NamedTuple):
+    """The registry and pusher the parent adopts when it runs the tasks itself."""
+
+    metrics: WorkerMetrics
+    pusher: BackgroundPusher | None
+
+
 def start_parent(
-    *, worker: str, pushgateway_url: str, engine: Synthesizer, load_seconds: float
+    *,
+    worker: str,
+    pushgateway_url: str,
+    engine: Synthesizer,
+    load_seconds: float,
+    shared: SharedMetrics | None = None,
 ) -> None:
     """Parent metrics and janitor; called once the worker is ready (after the pool forked).
     The parent loaded the engine (engine_host.preload), so its group reports the load time."""
-    metrics, pusher = start_metrics(
-        engine, load_seconds=load_seconds, worker=worker, pushgateway_url=pushgateway_url
-    )
+    if shared is None:
+        metrics, pusher = start_metrics(
+            engine, load_seconds=load_seconds, worker=worker, pushgateway_url=pushgateway_url
+        )
+    else:
+        metrics, pusher = shared
     _parent.update(pid=os.getpid(), metrics=metrics)
     if pusher is not None:
         janitor = Janitor(pushgateway_url, worker=worker).start()

@@ -29,6 +29,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 
+from core.delivery import worker_pool
 from core.errors import ConfigError, InvalidJob
 from core.settings import Settings
 from worker.engines.cosyvoice.batching import (
@@ -55,7 +56,7 @@ def default_threads(settings: Settings) -> int:
     """`settings.threads`, or (0) the machine's cores divided among the worker processes."""
     if settings.threads > 0:
         return settings.threads
-    return max(1, (os.cpu_count() or 1) // max(1, settings.concurrency))
+    return max(1, (os.cpu_count() or 1) // max(1, worker_pool(settings).processes))
 
 
 class CosyVoiceSynthesizer:
@@ -145,7 +146,7 @@ class CosyVoiceSynthesizer:
     ) -> np.ndarray:
         """Speak `text` in `speaker`'s voice; long text is split into sentence chunks of at most
         about 80 text tokens (the frontend's own limits) and the chunks' audio concatenated.
-        Past `deadline` (time.monotonic()) the job is dropped with JobTimeout."""
+        Past `deadline` (time.monotonic()) the job fails with JobTimeout."""
         import torch
 
         if speaker not in self._speakers:
