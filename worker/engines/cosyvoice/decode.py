@@ -265,27 +265,31 @@ class SpeechTokenDecoder:
         encoder = self._encoder
         x = self.llm.speech_embedding.weight[torch.tensor(tokens)].unsqueeze(1)  # (n, 1, D)
         x = encoder.embed.out(x) * encoder.embed.pos_enc.xscale
+        span = max(row.length for row in rows) + 1  # the longest row's keys, this step
         for i, layer in enumerate(self._layers):
             attention = layer.self_attn
             h = layer.norm1(x)
-            q = attention.linear_q(h).view(n, self.heads, 1, self.d_k)
+            q = attention.linear_q(h).view(n, self.heads, self.d_k)
             k = attention.linear_k(h).view(n, self.heads, self.d_k)
             v = attention.linear_v(h).view(n, self.heads, self.d_k)
-            q_u = q + attention.pos_bias_u.unsqueeze(1)  # (n, heads, 1, d_k)
-            q_v = q + attention.pos_bias_v.unsqueeze(1)
-            table = self.positions.tables[i]
+            # (heads, n, d_k), pre-scaled: the scores need no division afterwards.
+            q_u = ((q + attention.pos_bias_u) / self._scale).transpose(0, 1)
+            q_v = ((q + attention.pos_bias_v) / self._scale).transpose(0, 1)
+            # Every row's position scores in one product, over relative positions span-1..0:
+            # row b (at position t) reads the last t + 1 columns, key j at relative t - j.
+            table = self.positions.tables[i][:, :span]
+            position = torch.matmul(q_v, table.transpose(-2, -1)).flip(-1)  # (heads, n, span)
             contexts = []
             for b, row in enumerate(rows):
                 t = row.length
                 row.keys[i, 0, :, t] = k[b]
                 row.values[i, 0, :, t] = v[b]
                 keys = row.keys[i, 0, :, : t + 1]  # (heads, t + 1, d_k)
-                content = torch.matmul(q_u[b], keys.transpose(-2, -1))
-                # Key j sits at relative position t - j: the table's rows t..0.
-                position = torch.matmul(q_v[b], table[:, : t + 1].transpose(-2, -1)).flip(-1)
-                weights = torch.softmax((content + position) / self._scale, dim=-1)
+                relative = position[:, b : b + 1, span - 1 - t :]
+                scores = torch.baddbmm(relative, q_u[:, b : b + 1], keys.transpose(-2, -1))
+                weights = torch.softmax(scores, dim=-1)
                 contexts.append(torch.matmul(weights, row.values[i, 0, :, : t + 1]))
-            context = torch.stack(contexts).transpose(1, 2).reshape(n, 1, -1)
+            context = torch.cat(contexts, dim=1).transpose(0, 1).reshape(n, 1, -1)
             x = x + attention.linear_out(context)
             x = x + layer.feed_forward(layer.norm2(x))
         for row in rows:
