@@ -74,6 +74,63 @@ def test_tiny_model_in_a_real_worker_lands_in_s3(
     assert loads and all(value > 0 for value in loads)
 
 
+BATCH_ROWS = [
+    {"id": "b-zh-long", "text": "本次列车终点站是上海虹桥，请带好随身物品。", "speaker": "中文女"},
+    {"id": "b-en-short", "text": "Thank you.", "speaker": "英文男", "lang": "en"},
+    {"id": "b-zh-short", "text": "欢迎乘坐本次列车。", "speaker": "中文男"},
+    {"id": "b-en-long", "text": "Please mind the gap between the train and the platform.",
+     "speaker": "英文女", "lang": "en"},
+]  # fmt: skip
+
+
+def test_a_batched_worker_decodes_jobs_together_and_each_sounds_as_alone(
+    settings: Settings, workers: Any, tiny_model_dir: Path, tiny_engine: Any
+) -> None:
+    # One process holding 4 jobs (threads pool); a second of wait lets all four join at once.
+    node = workers.start(
+        engine="cosyvoice",
+        model_dir=str(tiny_model_dir),
+        threads=1,
+        engine_batch=4,
+        engine_batch_wait_ms=1000,
+    )
+    results = Producer(settings).submit_batch(BATCH_ROWS).wait(timeout=600)
+    assert [r.status for r in results] == ["succeeded"] * 4, [r.error for r in results]
+    store = AudioStore.from_settings(settings)
+    for row, result in zip(BATCH_ROWS, results, strict=True):
+        assert result.key is not None and not result.cached
+        stored, _ = sf.read(io.BytesIO(store.get(result.key)), dtype="float32")
+        alone = tiny_engine.synthesize(row["text"], speaker=row["speaker"], lang=row.get("lang"))
+        assert stored.shape == alone.shape
+        # The stored WAV is 16-bit: equal to the job synthesized alone within one step of it.
+        assert float(np.abs(stored - np.clip(alone, -1, 1)).max()) <= 2 / 32768
+
+    def batch_metrics() -> dict[str, float]:
+        found = {}
+        for name in (
+            "tts_engine_batch_size_count",
+            "tts_engine_batch_size_sum",
+            "tts_engine_speech_tokens_total",
+        ):
+            found[name] = sum(
+                value
+                for labels, value in pushgateway_samples(settings.pushgateway_url, name)
+                if labels.get("worker") == node.hostname
+            )
+        return found
+
+    metrics = wait_until(
+        lambda: (m := batch_metrics())["tts_engine_batch_size_count"] > 0 and m,
+        timeout=30,
+        what="batch metrics pushed",
+    )
+    steps, rows = metrics["tts_engine_batch_size_count"], metrics["tts_engine_batch_size_sum"]
+    # Each row of a step is one speech token; steps were shared (more rows than steps).
+    assert metrics["tts_engine_speech_tokens_total"] == rows
+    assert rows / steps > 1.5, metrics
+    node.stop()
+
+
 @pytest.mark.parametrize("preset", ["upstream", "fast"])
 def test_each_preset_lands_in_s3_under_its_own_key(
     settings: Settings, workers: Any, tiny_model_dir: Path, preset: str
