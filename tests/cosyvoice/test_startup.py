@@ -32,14 +32,15 @@ pytest_plugins = ("tests.support.cosyvoice_fixtures",)
 ROOT = Path(__file__).resolve().parents[2]
 TEXT = "Doors are closing, please stand clear."
 
-# Runs in a fresh interpreter: preload as the worker parent does, then fork two children that
-# each set two threads and synthesize. CONTROL adds a multi-threaded op in the parent first.
+# Runs in a fresh interpreter: preload as a prefork worker parent does (batch 1: the hazard is
+# prefork's), then fork two children that each set two threads and synthesize. CONTROL adds a
+# multi-threaded op in the parent first.
 _FORK_SCRIPT = """
 import json, os, sys, time
 import numpy as np
 from core.settings import Settings
 from worker import engine_host
-settings = Settings(engine="cosyvoice", model_dir=sys.argv[1], threads=2)
+settings = Settings(engine="cosyvoice", model_dir=sys.argv[1], threads=2, engine_batch=1)
 engine_host.preload(settings)
 import torch
 assert torch.get_num_threads() == 1, torch.get_num_threads()
