@@ -14,8 +14,9 @@ a local stack of its own (Redis, S3, Pushgateway on free loopback ports; never e
 4. burst: a batch of mixed-length jobs (2-30 s of audio; fewer and shorter with --quick),
    enqueued at once: aggregate RTF = wall seconds / audio seconds from the first enqueue to the
    last result (lower is better, 1 = real time), each job's latency (enqueue to result, p50 and
-   p99), the nodes' peak RSS (VmHWM), and from the Pushgateway speech tokens/s and rows per
-   decode step when the engine pushes them;
+   p99), the nodes' peak RSS (the largest VmHWM of their processes, reset after the warm-up so
+   that the load is not in it), and from the Pushgateway speech tokens/s and rows per decode
+   step when the engine pushes them;
 5. busy: each process holds max(B-1, 1) long jobs (so at B >= 2 one slot is free; at B = 1 the
    short job waits for a long one, as it does without batching); a short job then goes in:
    its latency against the alone figure (issue 10's goal: p99 at most 3x);
@@ -31,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import subprocess
 import sys
 import tempfile
 import time
@@ -133,8 +135,8 @@ PLANS = {
         presets=("exact", "fast"),
         batch_sizes=(1, 2),
         processes=(1,),
-        lengths=(1.5, 3, 2),
-        min_jobs=3,
+        lengths=(1.5, 3),
+        min_jobs=2,
         probes=1,
         short_seconds=1.5,
         long_seconds=3,
@@ -366,11 +368,13 @@ def run_config(bench: Bench, config: Config) -> dict[str, Any]:
 def measure(bench: Bench, config: Config, nodes: NodeGroup) -> dict[str, Any]:
     texts = JobTexts(bench, config)
     done = warm_up(bench, nodes, texts)
+    load_rss = nodes.peak_rss_mb()
+    nodes.reset_peak_rss()
     alone_seconds = alone(bench, texts)
     done += len(alone_seconds)
     before = engine_counters(bench, nodes, tasks_done=done)
     figures = burst(bench, config, texts)
-    rss = nodes.peak_rss_mb()  # a high-water mark: warm-up, alone and the burst
+    rss = nodes.peak_rss_mb()  # a high-water mark since the reset: alone and the burst
     after = engine_counters(bench, nodes, tasks_done=done + figures["jobs"])
     busy_seconds = busy(bench, config, texts)
     figures.update(short_job_figures(alone_seconds, busy_seconds))
@@ -378,6 +382,7 @@ def measure(bench: Bench, config: Config, nodes: NodeGroup) -> dict[str, Any]:
         {
             "peak_rss_mb": max(rss, default=None),
             "rss_mb_by_process": rss,
+            "load_rss_mb": max(load_rss, default=None),
             "speech_tokens_per_second": counter_rate(
                 before["tokens"], after["tokens"], figures["wall_seconds"]
             ),
@@ -513,9 +518,14 @@ def model_directory(args: argparse.Namespace, plan: Plan, scratch: Path) -> Path
     from benchmarks.cosyvoice_bench import DEFAULT_DIR, ensure_model
 
     if plan.model_size == "tiny" and args.model_dir is None:
-        from worker.engines.cosyvoice.random_model import make_random_model
-
-        return make_random_model(scratch / "tiny", size="tiny")
+        # In a child: importing the CosyVoice classes here would turn on their DEBUG logging.
+        subprocess.run(
+            [sys.executable, "-m", "worker.engines.cosyvoice.random_model", "make-random",
+             "--size", "tiny", str(scratch / "tiny")],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        return scratch / "tiny"
     directory = (args.model_dir or DEFAULT_DIR).resolve()
     ensure_model(directory)
     return directory

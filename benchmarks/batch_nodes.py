@@ -92,6 +92,13 @@ class NodeGroup:
         """VmHWM of every process of every node (parent and pool children), in MB."""
         return [peak_rss_mb(pid) for pgid in self.pids for pid in group_members(pgid)]
 
+    def reset_peak_rss(self) -> None:
+        """Start the nodes' high-water marks afresh: the load (and, on a model's first load,
+        the ONNX export) peaks above what serving needs, and is not what B changes."""
+        for pgid in self.pids:
+            for pid in group_members(pgid):
+                reset_peak_rss(pid)
+
     def kill(self) -> None:
         """SIGKILL each node's process group, then clear its pid file (and reap the leader)."""
         for name in self.names:
@@ -120,6 +127,12 @@ def peak_rss_mb(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return round(int(line.split()[1]) / 1024, 1)
     return 0.0
+
+
+def reset_peak_rss(pid: int) -> None:
+    """Set VmHWM back to the current RSS (Linux: "5" into /proc/PID/clear_refs)."""
+    with contextlib.suppress(OSError):  # gone, or not ours
+        Path(f"/proc/{pid}/clear_refs").write_text("5", encoding="ascii")
 
 
 def _pgid_of(pid: int) -> int | None:
