@@ -380,9 +380,8 @@ def measure(bench: Bench, config: Config, nodes: NodeGroup) -> dict[str, Any]:
     figures.update(short_job_figures(alone_seconds, busy_seconds))
     figures.update(
         {
-            "peak_rss_mb": max(rss, default=None),
-            "rss_mb_by_process": rss,
-            "load_rss_mb": max(load_rss, default=None),
+            **rss_figures(rss),
+            "load_rss_mb": max((mb for node in load_rss for mb in node), default=None),
             "speech_tokens_per_second": counter_rate(
                 before["tokens"], after["tokens"], figures["wall_seconds"]
             ),
@@ -392,6 +391,14 @@ def measure(bench: Bench, config: Config, nodes: NodeGroup) -> dict[str, Any]:
         }
     )
     return figures
+
+
+def rss_figures(by_node: list[list[float]]) -> dict[str, Any]:
+    """The largest process's peak (what one process needs, and what B changes) and each
+    node's. Pool children share the parent's weights copy-on-write: their figures overlap,
+    so they are not added up; separate nodes hold separate copies."""
+    node_peaks = [max(node, default=0.0) for node in by_node]
+    return {"peak_rss_mb": max(node_peaks, default=None), "peak_rss_mb_by_node": node_peaks}
 
 
 # --- the run --------------------------------------------------------------------------------

@@ -88,9 +88,9 @@ class NodeGroup:
         host = socket.gethostname()
         return [f"{name}@{host}" for name in self.names]
 
-    def peak_rss_mb(self) -> list[float]:
-        """VmHWM of every process of every node (parent and pool children), in MB."""
-        return [peak_rss_mb(pid) for pgid in self.pids for pid in group_members(pgid)]
+    def peak_rss_mb(self) -> list[list[float]]:
+        """Per node, VmHWM of each of its processes (parent and pool children), in MB."""
+        return [[peak_rss_mb(pid) for pid in group_members(pgid)] for pgid in self.pids]
 
     def reset_peak_rss(self) -> None:
         """Start the nodes' high-water marks afresh: the load (and, on a model's first load,

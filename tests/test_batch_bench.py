@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.batch_bench import PLANS, main
+from benchmarks.batch_bench import PLANS, main, rss_figures
 from benchmarks.batch_report import (
     Config,
     add_ratios,
@@ -136,3 +136,9 @@ def test_smoke_run_with_the_fake_engine_writes_json_and_plot(tmp_path: Path) -> 
         assert figures["peak_rss_mb"] > 0
         assert figures["short_alone_seconds"] > 0 and figures["short_busy_p99_seconds"] > 0
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_rss_is_the_largest_process_and_each_node_apart() -> None:
+    figures = rss_figures([[3000.0, 2800.0], [3100.0]])
+    assert figures == {"peak_rss_mb": 3100.0, "peak_rss_mb_by_node": [3000.0, 3100.0]}
+    assert rss_figures([])["peak_rss_mb"] is None
