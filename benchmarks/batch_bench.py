@@ -37,7 +37,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
@@ -298,12 +298,16 @@ def busy(bench: Bench, config: Config, texts: JobTexts) -> list[float]:
         if target > running:
             rows = texts.rows([bench.plan.long_seconds] * (target - running))
             background.append(bench.producer.submit_batch(rows))
-        _wait(lambda: queue_depth(client) == 0, timeout=120, what="long jobs taken")
+        _wait(
+            lambda: queue_depth(client) == 0,
+            timeout=timeout_for(bench.plan.long_seconds * target),
+            what="long jobs taken",
+        )
         latencies.append(run_short(bench, texts))
     return latencies
 
 
-def _wait(check: Any, *, timeout: float, what: str) -> None:
+def _wait(check: Callable[[], bool], *, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:
@@ -376,7 +380,11 @@ def measure(bench: Bench, config: Config, nodes: NodeGroup) -> dict[str, Any]:
     figures = burst(bench, config, texts)
     rss = nodes.peak_rss_mb()  # a high-water mark since the reset: alone and the burst
     after = engine_counters(bench, nodes, tasks_done=done + figures["jobs"])
-    busy_seconds = busy(bench, config, texts)
+    try:
+        busy_seconds = busy(bench, config, texts)
+    except (TimeoutError, RuntimeError) as exc:  # the burst's figures still stand
+        busy_seconds = []
+        figures["busy_error"] = f"{type(exc).__name__}: {exc}"[:300]
     figures.update(short_job_figures(alone_seconds, busy_seconds))
     figures.update(
         {
