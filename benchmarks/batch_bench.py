@@ -8,6 +8,8 @@ For each preset (TTS_COSYVOICE_PRESET), number of worker processes (Celery nodes
 size B (TTS_ENGINE_BATCH, jobs a worker process holds and decodes together), on fresh nodes of
 a local stack of its own (Redis, S3, Pushgateway on free loopback ports; never eager mode):
 
+0. once per preset, before any measurement, a node loads the model and is stopped: a first
+   load exports the preset's ONNX graphs, whose leftovers would swell one config's RSS;
 1. start the nodes and wait until each has loaded the model (not timed);
 2. warm up: one short job per node (opens the ONNX Runtime sessions);
 3. alone: a short job on the idle worker, enqueue to result;
@@ -471,6 +473,8 @@ def run(
             plan=plan,
             extra_env=extra_env,
         )
+        if engine == "cosyvoice":
+            prepare_exports(bench)
         for config in configs(plan):
             results[config] = _run_one(bench, config)
             add_ratios(results)
@@ -480,6 +484,21 @@ def run(
     write_plot(results, plot)
     print(f"-> {out}, {plot}", flush=True)
     return results
+
+
+def prepare_exports(bench: Bench) -> None:
+    """One node start per preset before any measurement: a model's first load exports the
+    preset's ONNX graphs into the model directory, and the memory that leaves resident would
+    swell the peak RSS of whichever configuration came first."""
+    for preset in bench.plan.presets:
+        started = time.monotonic()
+        settings = replace(bench.node_settings, cosyvoice_preset=preset, threads=1)
+        nodes = NodeGroup.start(
+            bench.stack, settings, tag=f"{bench.run_tag}-{preset}-prepare", processes=1,
+            env={**bench.extra_env, BATCH_ENV: "1"}, concurrency=1,
+        )  # fmt: skip
+        nodes.kill()
+        print(f"{preset}: model loaded once, exports ready ({time.monotonic() - started:.0f} s)")
 
 
 def _run_one(bench: Bench, config: Config) -> dict[str, Any]:
