@@ -22,6 +22,7 @@ import redis
 from core.delivery import QUEUE
 from core.errors import StackError
 from core.settings import Settings
+from devstack.services import child_pythonpath
 from devstack.stack import LocalStack
 from monitoring.queue_exporter import queue_keys
 
@@ -69,8 +70,9 @@ class NodeGroup:
     ) -> NodeGroup:
         """Start `processes` nodes together and wait until each has loaded its engine and
         consumes (the load is outside every measured window)."""
+        node_env = {**env, "PYTHONPATH": checkout_pythonpath()}
         node_stack = LocalStack(
-            stack.layout, base_settings=settings, extra_env=env, ready_timeout=600
+            stack.layout, base_settings=settings, extra_env=node_env, ready_timeout=600
         )
         names = [f"worker-batch-{tag}-{i}" for i in range(1, processes + 1)]
         group = cls(node_stack, names, [])
@@ -106,6 +108,14 @@ class NodeGroup:
             with contextlib.suppress(StackError):
                 self.stack.kill(name, signal.SIGKILL, group=True)
             self.stack.stop(name)
+
+
+def checkout_pythonpath() -> str:
+    """This checkout first on the nodes' path. The venv's editable install maps the packages to
+    the clone it was installed from: a `celery` started from another worktree would otherwise
+    run that clone's worker, not the code being measured."""
+    root = str(Path(__file__).resolve().parents[1])
+    return os.pathsep.join([root, *child_pythonpath(os.environ)])
 
 
 def group_members(pgid: int) -> list[int]:

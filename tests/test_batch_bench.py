@@ -142,3 +142,10 @@ def test_rss_is_the_largest_process_and_each_node_apart() -> None:
     figures = rss_figures([[3000.0, 2800.0], [3100.0]])
     assert figures == {"peak_rss_mb": 3100.0, "peak_rss_mb_by_node": [3000.0, 3100.0]}
     assert rss_figures([])["peak_rss_mb"] is None
+
+
+def test_nodes_import_this_checkout_first() -> None:
+    from benchmarks.batch_nodes import checkout_pythonpath
+
+    root = Path(checkout_pythonpath().split(":")[0])
+    assert (root / "worker" / "app.py").is_file() and (root / "benchmarks").is_dir()
