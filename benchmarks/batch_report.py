@@ -64,8 +64,9 @@ def short_job_figures(alone: Sequence[float], busy: Sequence[float]) -> dict[str
 
 
 def counter_rate(before: float | None, after: float | None, seconds: float) -> float | None:
-    """A counter's increase per second, or None when the counter was not there."""
-    if before is None or after is None or seconds <= 0:
+    """A counter's increase per second, or None when the counter was not there or did not
+    move (an engine that registers the metric but does not feed it: no figure, not zero)."""
+    if before is None or after is None or after <= before or seconds <= 0:
         return None
     return round((after - before) / seconds, 1)
 

@@ -53,6 +53,7 @@ def test_short_job_ratio_is_busy_p99_over_alone_median() -> None:
 def test_counter_rate_and_histogram_mean_need_both_readings() -> None:
     assert counter_rate(100.0, 400.0, 10.0) == 30.0
     assert counter_rate(None, 400.0, 10.0) is None
+    assert counter_rate(400.0, 400.0, 10.0) is None
     assert histogram_mean((10.0, 5.0), (50.0, 15.0)) == 4.0
     assert histogram_mean((10.0, 5.0), (10.0, 5.0)) is None
     assert histogram_mean(None, (1.0, 1.0)) is None
