@@ -120,16 +120,17 @@ PLANS = {
         long_seconds=20,
         model_size="full",
     ),
-    # Under 15 minutes on 2 cores: one process, 2-6 s (mean 3 s), one probe each way.
+    # Under 15 minutes on 2 cores (estimated: ten node starts and about 8 minutes of
+    # synthesis): one process, 2-5 s (mean 2.9 s), one short job each way.
     "quick": Plan(
         presets=("exact", "fast"),
         batch_sizes=BATCH_SIZES,
         processes=(1,),
-        lengths=(2, 6, 3, 2, 4, 2, 3, 2),
+        lengths=(2, 5, 3, 2, 4, 2, 3, 2),
         min_jobs=6,
         probes=1,
         short_seconds=2,
-        long_seconds=6,
+        long_seconds=5,
         model_size="full",
     ),
     # The harness on the tiny model: every phase, in about two minutes.
@@ -463,6 +464,7 @@ def run(
     base = Settings(batch_ttl_seconds=3600)
     node_settings = replace(base, engine=engine, model_dir=str(model_dir or ""))
     results: dict[Config, dict[str, Any]] = {}
+    started = time.monotonic()
     with local_stack(base) as stack:
         bench = Bench(
             stack=stack,
@@ -482,7 +484,9 @@ def run(
             _write_json(out, report)
     print(format_table(results), flush=True)
     write_plot(results, plot)
-    print(f"-> {out}, {plot}", flush=True)
+    report["total_seconds"] = round(time.monotonic() - started, 1)
+    _write_json(out, report)
+    print(f"-> {out}, {plot} (total {report['total_seconds'] / 60:.1f} min)", flush=True)
     return results
 
 
