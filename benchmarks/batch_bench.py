@@ -2,7 +2,7 @@
 
     python -m benchmarks.batch_bench --quick --out bench-results/batch.json   # < 15 min
     python -m benchmarks.batch_bench --out FILE                               # the full grid
-    python -m benchmarks.batch_bench --smoke --out /tmp/batch-smoke.json      # the harness, ~2 min
+    python -m benchmarks.batch_bench --smoke --out /tmp/batch-smoke.json  # the harness, 2-3 min
 
 For each preset (TTS_COSYVOICE_PRESET), number of worker processes (Celery nodes) and batch
 size B (TTS_ENGINE_BATCH, jobs a worker process holds and decodes together), on fresh nodes of
@@ -133,7 +133,7 @@ PLANS = {
         long_seconds=5,
         model_size="full",
     ),
-    # The harness on the tiny model: every phase, in about two minutes.
+    # The harness on the tiny model: every phase, in 2-3 minutes.
     "smoke": Plan(
         presets=("exact", "fast"),
         batch_sizes=(1, 2),
