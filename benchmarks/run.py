@@ -14,7 +14,7 @@ import sys
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--skip-cosyvoice", action="store_true", help="skip the full-size CosyVoice runs (~30 min)"
+        "--skip-cosyvoice", action="store_true", help="skip the full-size CosyVoice runs (~45 min)"
     )
     args = parser.parse_args()
     runs = [["benchmarks.pipeline_bench", "--out", "bench-results/pipeline.json"]]
@@ -23,6 +23,10 @@ def main() -> int:
         runs.append(
             ["benchmarks.cosyvoice_threads", "--out", "bench-results/cosyvoice-threads.json"]
         )
+        # Batch sizes 1-16, both presets, one worker process (< 15 min): prints the table and
+        # writes bench-results/batch.png. The full grid (2 processes, 2-30 s jobs) runs alone:
+        # python -m benchmarks.batch_bench --out FILE.
+        runs.append(["benchmarks.batch_bench", "--quick", "--out", "bench-results/batch.json"])
     failed = 0
     for module, *rest in runs:
         # One interpreter per benchmark: import times and peak RSS are its own.
