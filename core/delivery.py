@@ -25,9 +25,10 @@ RETRY_CAP_SECONDS = 120.0
 # The jitter factor of a retry's countdown lies in [JITTER_LOW, JITTER_HIGH).
 JITTER_LOW, JITTER_HIGH = 0.5, 1.5
 # Jobs per worker process when TTS_ENGINE_BATCH is 0 (auto). CosyVoice decodes the steps of
-# all jobs in flight together: ~30 speech tokens/s alone, ~130 with 8 jobs on 2 cores (issue
-# 10). Every other engine takes one job per process.
-AUTO_ENGINE_BATCH = {"cosyvoice": 8}
+# all jobs in flight together; on 2 cores 4 jobs gave the most audio per second (x1.20 exact,
+# x1.55 fast against one job; 8 no more, with twice the latency: docs/performance.md). Every
+# other engine takes one job per process.
+AUTO_ENGINE_BATCH = {"cosyvoice": 4}
 # Past these a setting is a typo, not a plan: the dashboard's batch-size buckets end at 32.
 MAX_ENGINE_BATCH = 64
 MAX_ENGINE_BATCH_WAIT_MS = 10_000

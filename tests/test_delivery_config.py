@@ -128,7 +128,7 @@ def test_a_visibility_timeout_below_the_longest_job_is_refused(tmp_path: Path) -
         ({}, WorkerPool("prefork", 2)),
         ({"TTS_ENGINE": "fake"}, WorkerPool("prefork", 2)),
         ({"TTS_ENGINE": "espeak", "TTS_CONCURRENCY": "3"}, WorkerPool("prefork", 3)),
-        ({"TTS_ENGINE": "cosyvoice"}, WorkerPool("threads", 8)),
+        ({"TTS_ENGINE": "cosyvoice"}, WorkerPool("threads", 4)),
         ({"TTS_ENGINE": "cosyvoice", "TTS_ENGINE_BATCH": "16"}, WorkerPool("threads", 16)),
         ({"TTS_ENGINE": "cosyvoice", "TTS_ENGINE_BATCH": "1"}, WorkerPool("prefork", 2)),
         ({"TTS_ENGINE": "fake", "TTS_ENGINE_BATCH": "4"}, WorkerPool("threads", 4)),
