@@ -130,6 +130,25 @@ def wait_on_time(seconds: float) -> None:
     wait_until(lambda: time.monotonic() >= until, timeout=seconds + 5, interval=0.5)
 
 
+def wait_for_lost_jobs(
+    settings: Settings, batch: BatchHandle, lost: list[Marker], *, timeout: float
+) -> dict[str, float]:
+    """Wait until the whole batch is done; for each lost job (its synthesis start in `lost`),
+    the seconds from that lost start until its result was recorded by another delivery."""
+    lost_jobs = {job_of(batch, m.text): m for m in lost}
+    came_back: dict[str, float] = {}
+    state = BatchState(redis.Redis.from_url(settings.broker_url), batch.batch_id, ttl_seconds=60)
+
+    def all_done() -> bool:
+        for job_id in lost_jobs.keys() - came_back.keys():
+            if state.result(job_id):
+                came_back[job_id] = time.time()
+        return batch.progress().done
+
+    wait_until(all_done, timeout=timeout, interval=0.2, what="every job done")
+    return {j: round(came_back[j] - lost_jobs[j].started, 1) for j in lost_jobs}
+
+
 def parent_of(pid: int) -> int:
     stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
     return int(stat.rsplit(")", 1)[-1].split()[1])
@@ -206,26 +225,15 @@ def test_killed_worker_node_jobs_come_back_after_the_visibility_timeout(
     assert batch.progress().succeeded == 0
 
     node_b = workers.start(concurrency=2, fake_delay=0.2, fake_marker_dir=str(markers), **limits)
-    lost_jobs = {job_of(batch, m.text): m for m in in_flight}
-    came_back: dict[str, float] = {}
-    state = BatchState(redis.Redis.from_url(settings.broker_url), "node-kill", ttl_seconds=60)
-
-    def all_done() -> bool:
-        for job_id in lost_jobs.keys() - came_back.keys():
-            if state.result(job_id):
-                came_back[job_id] = time.time()
-        return batch.progress().done
-
-    wait_until(all_done, timeout=60, interval=0.2, what="every job done")
+    delays = wait_for_lost_jobs(settings, batch, in_flight, timeout=60)
     results = list(batch.results())
-    delays = {j: round(came_back[j] - lost_jobs[j].started, 1) for j in lost_jobs}
     per_process = wait_for_task_counts(
         settings.pushgateway_url, node_b.hostname, len(bodies), timeout=30
     )
     tries = attempts(settings, "node-kill")
     print(
         f"\n[node kill] SIGKILLed node A (pid {node_a.pid}) and its pool {children} mid-synthesis;"
-        f"\n  {len(lost_jobs)} jobs in flight finished on node B {sorted(delays.values())} s after "
+        f"\n  {len(delays)} jobs in flight finished on node B {sorted(delays.values())} s after "
         f"their lost start (visibility timeout {visibility} s);"
         f" deliveries {sorted(tries.values())};"
         f" outcomes {[r.status for r in results]}; counts {counts(settings, 'node-kill')};"
@@ -234,7 +242,7 @@ def test_killed_worker_node_jobs_come_back_after_the_visibility_timeout(
     assert [r.status for r in results] == ["succeeded"] * len(bodies)
     # Not before the timeout; and soon after it (kombu's default sweep would take ~100 s).
     assert all(visibility <= delay < visibility + 10 for delay in delays.values())
-    assert all(tries[j] == 2 for j in lost_jobs)
+    assert all(tries[j] == 2 for j in delays)
     assert counts(settings, "node-kill") == {"succeeded": len(bodies)}
     progress = batch.progress()
     assert (progress.total, progress.succeeded, progress.failed) == (len(bodies), len(bodies), 0)

@@ -22,7 +22,6 @@ from typing import Any
 import pytest
 import redis
 
-from core.batch_state import BatchState
 from core.delivery import job_deadline_seconds
 from core.settings import Settings
 from core.storage import AudioStore
@@ -38,6 +37,7 @@ from tests.test_faults import (
     read_markers,
     submit,
     texts,
+    wait_for_lost_jobs,
 )
 
 pytestmark = pytest.mark.integration
@@ -85,19 +85,9 @@ def test_sigkill_of_a_batched_process_redelivers_every_job_in_hand_once(
     wait_until(lambda: not is_alive(node_a.pid), timeout=10, what="node A gone")
 
     node_b = workers.start(fake_delay=0.2, fake_marker_dir=str(markers), **BATCHED)
-    lost_jobs = {job_of(batch, m.text): m for m in lost}
-    came_back: dict[str, float] = {}
-    state = BatchState(redis.Redis.from_url(settings.broker_url), "batch-kill", ttl_seconds=60)
-
-    def all_done() -> bool:
-        for job_id in lost_jobs.keys() - came_back.keys():
-            if state.result(job_id):
-                came_back[job_id] = time.time()
-        return batch.progress().done
-
-    wait_until(all_done, timeout=90, interval=0.2, what="every job done")
+    back_after = wait_for_lost_jobs(settings, batch, lost, timeout=90)
     results = list(batch.results())
-    delays = sorted(round(came_back[j] - lost_jobs[j].started, 1) for j in lost_jobs)
+    delays = sorted(back_after.values())
     tries = attempts(settings, "batch-kill")
     print(
         f"\n[batched kill] SIGKILLed node A (pid {node_a.pid}) holding {len(lost)} jobs inside "
@@ -109,7 +99,7 @@ def test_sigkill_of_a_batched_process_redelivers_every_job_in_hand_once(
     assert all(
         BATCHED["visibility_timeout"] <= d < BATCHED["visibility_timeout"] + 15 for d in delays
     )
-    assert all(tries[j] == 2 for j in lost_jobs)
+    assert all(tries[j] == 2 for j in back_after)
     assert sorted(tries.values()) == [1] * (len(bodies) - BATCH) + [2] * BATCH
     assert counts(settings, "batch-kill") == {"succeeded": len(bodies)}
     store = AudioStore.from_settings(settings)
