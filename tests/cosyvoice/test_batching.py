@@ -256,3 +256,26 @@ def wait_for(check: Any, timeout: float = 60.0) -> bool:
             return True
         time.sleep(0.01)
     return False
+
+
+def test_the_engine_thread_survives_a_failed_step(tiny_model_dir: Path) -> None:
+    engine = batched_engine(tiny_model_dir, max_wait=0.0)
+    scheduler = engine._scheduler
+    assert scheduler is not None
+    runner = scheduler.runner
+    real_step = runner.step
+    calls = {"n": 0}
+
+    def failing_once() -> None:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("a step that broke")
+        real_step()
+
+    runner.step = failing_once
+    speaker, lang, text = MATES[1]
+    (broken,) = speak_together(engine, [MATES[1]])
+    assert isinstance(broken, RuntimeError)
+    # The thread lives on: the next job is served.
+    audio = engine.synthesize(text, speaker=speaker, lang=lang)
+    assert audio.size > 0

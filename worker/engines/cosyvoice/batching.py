@@ -269,16 +269,25 @@ class BatchScheduler:
 
     def _run(self) -> None:
         self._on_thread_start()
-        runner = self.runner
         while True:
-            if not runner.active and not self._waiting:
-                self._take(block=True)
-                self._fill_batch()
-            else:
-                self._take(block=False)
-            self._expire_waiting()
-            self._admit()
-            runner.step()
+            try:
+                self._turn()
+            except Exception as exc:  # never leave callers waiting on a dead engine thread
+                log.exception("batch scheduler step failed: failing the jobs in hand")
+                for job in [*self.runner.active, *self._waiting]:
+                    self.runner.fail(job, exc)
+                self._waiting.clear()
+
+    def _turn(self) -> None:
+        """Take new jobs (waiting for some when idle), drop expired ones, admit, one step."""
+        if not self.runner.active and not self._waiting:
+            self._take(block=True)
+            self._fill_batch()
+        else:
+            self._take(block=False)
+        self._expire_waiting()
+        self._admit()
+        self.runner.step()
 
     def _take(self, *, block: bool) -> None:
         """Move jobs from the inbox to the waiting list, preparing each (text to tokens)."""

@@ -95,12 +95,14 @@ class CosyVoiceSynthesizer:
         self.sample_rate = int(self._model.sample_rate)
         self._speakers = frozenset(str(s) for s in self._model.list_available_spks())
         self._splitter = TextSplitter(self._model.frontend)
-        voice = Voice(splitter=self._splitter, frontend=self._model.frontend, stages=self._stages)
+        self._voice = Voice(
+            splitter=self._splitter, frontend=self._model.frontend, stages=self._stages
+        )
         self._runner: BatchRunner | None = None
         self._scheduler: BatchScheduler | None = None
         self.max_batch = 1
         if self._stages.decoder is not None:
-            self._runner = BatchRunner(self._stages.decoder, voice)
+            self._runner = BatchRunner(self._stages.decoder, self._voice)
             limits = batch or BatchLimits(max_batch=1)
             if limits.max_batch > 1:
                 self.max_batch = limits.max_batch
@@ -183,10 +185,9 @@ class CosyVoiceSynthesizer:
         # Upstream's own LLM loop: the whole chunk on the job's generator.
         from worker.engines.cosyvoice.decode import drawing_from
 
-        voice = Voice(splitter=self._splitter, frontend=self._model.frontend, stages=self._stages)
         pieces = []
         with drawing_from(job.generator):
-            for model_input in voice.model_inputs(job):
+            for model_input in self._voice.model_inputs(job):
                 pieces.append(self._stages.speak(model_input, job.times))
         return np.concatenate(pieces).astype(np.float32, copy=False)
 
