@@ -115,7 +115,9 @@ def test_texts_have_the_token_count_and_never_repeat() -> None:
 
 def test_plans_cover_the_issue_grid_and_fill_every_slot() -> None:
     quick, full = PLANS["quick"], PLANS["full"]
-    assert quick.batch_sizes == full.batch_sizes == (1, 2, 4, 8, 16)
+    assert full.batch_sizes == (1, 2, 4, 8, 16)
+    # Quick stops at 8 to stay under 15 minutes; 16 is in the full grid.
+    assert quick.batch_sizes == (1, 2, 4, 8)
     assert quick.presets == full.presets == ("exact", "fast")
     assert quick.processes == (1,) and full.processes == (1, 2)
     assert min(full.lengths) == 2 and max(full.lengths) == 30
