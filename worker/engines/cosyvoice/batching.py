@@ -294,11 +294,15 @@ class BatchScheduler:
         try:
             job = self._inbox.get(block=block)
             while True:
-                if self.runner.prepare(job):
-                    self._waiting.append(job)
+                self._receive(job)
                 job = self._inbox.get_nowait()
         except queue.Empty:
             return
+
+    def _receive(self, job: SpeechJob) -> None:
+        """Prepare a new job (text to tokens); it waits to join unless that failed it."""
+        if self.runner.prepare(job):
+            self._waiting.append(job)
 
     def _fill_batch(self) -> None:
         """An idle engine waits up to max_wait for more jobs before its first step."""
@@ -311,8 +315,7 @@ class BatchScheduler:
                 job = self._inbox.get(timeout=left)
             except queue.Empty:
                 return
-            if self.runner.prepare(job):
-                self._waiting.append(job)
+            self._receive(job)
 
     def _expire_waiting(self) -> None:
         now = time.monotonic()

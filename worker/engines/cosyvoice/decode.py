@@ -95,10 +95,9 @@ class Row:
         self, *, layers: int, heads: int, d_k: int, capacity: int, limit: int,
         min_len: int, max_len: int, generator: torch.Generator | None,
     ) -> None:  # fmt: skip
-        self._shape = (layers, 1, heads, 0, d_k)
         self.limit = limit  # the most positions the row can ever hold
-        self.keys = torch.empty(0)  # (layers, 1, heads, capacity, d_k)
-        self.values = torch.empty(0)
+        self.keys = torch.empty(layers, 1, heads, 0, d_k)  # (layers, 1, heads, capacity, d_k)
+        self.values = torch.empty(layers, 1, heads, 0, d_k)
         self.length = 0
         self.min_len, self.max_len = min_len, max_len
         # None: the global torch RNG (upstream's own behaviour, for the batch-1 parity checks).
@@ -109,7 +108,7 @@ class Row:
 
     @property
     def capacity(self) -> int:
-        return int(self.keys.size(3)) if self.keys.dim() == 5 else 0
+        return int(self.keys.size(3))
 
     def reserve(self, positions: int) -> None:
         """Make room for `positions` cache entries: doubled when short, never past `limit`."""
@@ -117,17 +116,16 @@ class Row:
         if positions <= old:
             return
         new = min(self.limit, max(positions, 2 * old))
-        layers, _, heads, _, d_k = self._shape
+        layers, _, heads, _, d_k = self.keys.shape
         keys, values = (torch.empty(layers, 1, heads, new, d_k) for _ in range(2))
-        if old:
-            keys[:, :, :, :old] = self.keys
-            values[:, :, :, :old] = self.values
+        keys[:, :, :, :old] = self.keys
+        values[:, :, :, :old] = self.values
         self.keys, self.values = keys, values
 
     def outstanding_bytes(self) -> int:
         """What the cache may still grow by, in bytes, before the row must end."""
-        layers, _, heads, _, d_k = self._shape
-        return 2 * 4 * layers * heads * d_k * max(0, self.limit - self.capacity)
+        layers, _, heads, _, d_k = self.keys.shape
+        return cache_bytes(layers, heads, d_k, max(0, self.limit - self.capacity))
 
 
 class SpeechTokenDecoder:
@@ -228,7 +226,7 @@ class SpeechTokenDecoder:
     def row_bytes(self, text_tokens: int, prefix: int) -> int:
         """The most cache memory a row of `text_tokens` text tokens can take."""
         positions = prefix + int(text_tokens * self.limits.max_token_text_ratio)
-        return int(2 * 4 * len(self._layers) * self.heads * self.d_k * positions)
+        return cache_bytes(len(self._layers), self.heads, self.d_k, positions)
 
     def next_token(self, row: Row) -> int | None:
         """Draw the row's next speech token with upstream's sampling and stop rules (from the
@@ -334,6 +332,11 @@ class SpeechTokenDecoder:
 
     def _log_probs(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.llm.llm_decoder(hidden[:, -1]).log_softmax(dim=-1)  # type: ignore[no-any-return]
+
+
+def cache_bytes(layers: int, heads: int, d_k: int, positions: int) -> int:
+    """Bytes of a float32 key/value cache of `positions` positions (keys and values)."""
+    return 2 * 4 * layers * heads * d_k * positions
 
 
 @contextmanager
