@@ -10,6 +10,9 @@ Keys (all expire `batch_ttl_seconds` after the last write):
   tts:batch:{b}:results  hash   job id -> result JSON, written once per job
   tts:batch:{b}:counts   hash   succeeded / cached / failed -> rows
   tts:batch:{b}:attempts hash   job id -> deliveries started
+  tts:batch:{b}:inflight hash   job id -> {started_at, message} of a job started but not
+                                recorded yet (removed by the record: what the reconciler checks)
+  tts:inflight-batches   set    batches that may have jobs in flight (the reconciler's index)
 
 Every multi-key change is one Lua script, so a job that runs twice is counted once and a row
 added while its job finishes is counted exactly once.
@@ -26,7 +29,10 @@ from typing import Any
 import redis
 
 PREFIX = "tts:batch:"
-PARTS = ("meta", "rows", "order", "weight", "sent", "results", "counts", "attempts")
+PARTS = ("meta", "rows", "order", "weight", "sent", "results", "counts", "attempts", "inflight")
+# Batches that may hold jobs started and not recorded; one set for all batches, kept by
+# `mark_in_flight` and pruned by the reconciler (worker/parent/reconciler.py).
+IN_FLIGHT_BATCHES = "tts:inflight-batches"
 
 # KEYS: rows, order, weight, results, counts, meta. ARGV: row id, job id, ttl.
 # Returns 1 when the row is new to the batch, 0 when it was already there.
@@ -42,9 +48,11 @@ end
 return 1
 """
 
-# KEYS: results, counts, weight. ARGV: job id, result JSON, status.
-# Returns 1 when this call recorded the job's outcome, 0 when it had one already.
+# KEYS: results, counts, weight, inflight. ARGV: job id, result JSON, status.
+# Returns 1 when this call recorded the job's outcome, 0 when it had one already. Either way
+# the job is no longer in flight.
 _RECORD = """
+redis.call('HDEL', KEYS[4], ARGV[1])
 if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
 local w = tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '1')
 redis.call('HINCRBY', KEYS[2], ARGV[3], w)
@@ -66,6 +74,14 @@ redis.call('HDEL', KEYS[5], ARGV[1])
 redis.call('HINCRBY', KEYS[2], 'failed', -w)
 return 1
 """
+
+
+@dataclass(frozen=True)
+class InFlight:
+    """A job's last delivery that started and has no recorded outcome yet."""
+
+    started_at: float
+    message: Any
 
 
 @dataclass(frozen=True)
@@ -162,10 +178,11 @@ class BatchState:
         k = self._keys
         flag = self._r.eval(
             _RECORD,
-            3,
+            4,
             k["results"],
             k["counts"],
             k["weight"],
+            k["inflight"],
             job_id,
             json.dumps(result, ensure_ascii=False),
             result["status"],
@@ -178,6 +195,26 @@ class BatchState:
         count = int(self._r.hincrby(self._keys["attempts"], job_id, 1))
         self._r.expire(self._keys["attempts"], self._ttl)
         return count
+
+    def mark_in_flight(self, job_id: str, message: dict[str, Any]) -> None:
+        """Note that a delivery of `job_id` started, with its message: until its outcome is
+        recorded, the reconciler can tell whether its message still exists, and record a
+        failure (retryable, with this message) when it does not."""
+        # ASCII escapes: a hostile message may hold lone surrogates, which Redis cannot encode.
+        entry = json.dumps({"started_at": time.time(), "message": message})
+        pipe = self._r.pipeline(transaction=False)
+        pipe.hset(self._keys["inflight"], job_id, entry)
+        pipe.expire(self._keys["inflight"], self._ttl)
+        pipe.sadd(IN_FLIGHT_BATCHES, self.batch_id)
+        pipe.execute()
+
+    def in_flight(self) -> dict[str, InFlight]:
+        """Jobs started and not recorded: job id -> when the last delivery started, its message."""
+        out = {}
+        for job_id, raw in self._r.hscan_iter(self._keys["inflight"]):
+            entry = json.loads(raw)
+            out[_text(job_id)] = InFlight(float(entry["started_at"]), entry.get("message"))
+        return out
 
     def touch(self) -> None:
         pipe = self._r.pipeline(transaction=False)

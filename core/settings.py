@@ -97,6 +97,10 @@ class Settings:
     # 0 derives the broker's visibility timeout from the time limits (core.delivery); fault
     # tests set a short one.
     visibility_timeout: int = 0
+    # How often a worker node looks for jobs that started, have no outcome and whose message
+    # exists nowhere any more (queue, unacked set): it records them as failed `worker_lost`
+    # after two looks (worker/parent/reconciler.py). 0 = never.
+    reconcile_seconds: float = 60.0
 
     # --- Dev-stack default: the local stack's state folder (data, logs, pids, credentials) ---
     stack_dir: str = field(default_factory=_default_stack_dir)
@@ -105,6 +109,11 @@ class Settings:
     # and a folder where it drops a marker file (named after its pid) when a synthesis starts.
     fake_delay: float = 0.0
     fake_marker_dir: str = ""
+    # A folder where the pipeline drops a marker `<point>-<pid>-<ns>` at each fault point
+    # (worker/fault_points.py) and then sleeps `fault_point_pause` seconds, so that a test can
+    # kill a process at a known step.
+    fault_point_dir: str = ""
+    fault_point_pause: float = 0.0
 
     @property
     def visibility_timeout_seconds(self) -> int:

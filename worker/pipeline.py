@@ -13,7 +13,7 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 from celery.exceptions import SoftTimeLimitExceeded
@@ -30,6 +30,7 @@ from core.delivery import job_deadline_seconds
 from core.errors import EngineFailure, InvalidJob, JobTimeout, StorageError
 from core.settings import Settings
 from core.storage import AudioStore, StoredObject
+from worker import fault_points
 from worker.audio import duration_seconds, encode
 from worker.engine_gate import EngineGate
 from worker.lease import ContentLease
@@ -67,6 +68,16 @@ class WorkerContext:
         return BatchState(self.redis, batch_id, ttl_seconds=self.settings.batch_ttl_seconds)
 
 
+class OutcomeRecorder(Protocol):
+    """What recording a failure needs: a task's WorkerContext, or the parent process's
+    recorder (worker/parent/outcomes.py) for jobs whose pool process was killed."""
+
+    worker_name: str
+    metrics: WorkerMetrics
+
+    def batch(self, batch_id: str) -> BatchState: ...
+
+
 def parse(ctx: WorkerContext, message: Any) -> JobMessage:
     """Validate a message against the contract and this engine's own speakers."""
     speakers = frozenset(ctx.settings.speakers) & ctx.engine.speakers()
@@ -80,6 +91,7 @@ def run_job(
     Past `deadline` (time.monotonic(); None: no deadline) the engine raises JobTimeout."""
     key = content_key(ctx.engine.identity(), job.spec)
     okey = object_key(key, job.spec.fmt)
+    fault_points.reached(ctx.settings, fault_points.LOOKUP)
     existing = _lookup(ctx, okey)
     if existing is None:
         # Another job with this key may be synthesizing right now: wait for its object
@@ -126,6 +138,7 @@ def _synthesize_and_record(
     started = time.perf_counter()
     ctx.store.put(okey, data, fmt=spec.fmt, metadata=_metadata(ctx, job, audio_seconds))
     ctx.metrics.storage.labels(op="upload").observe(time.perf_counter() - started)
+    fault_points.reached(ctx.settings, fault_points.RECORD)
     return _record(ctx, job, okey, status="succeeded", audio_seconds=audio_seconds, attempt=attempt)
 
 
@@ -160,7 +173,7 @@ def _record(
 
 
 def record_failure(
-    ctx: WorkerContext,
+    ctx: OutcomeRecorder,
     message: Any,
     *,
     reason: str,
@@ -168,7 +181,7 @@ def record_failure(
     attempts: int,
 ) -> None:
     """Record a job's terminal failure in its batch (when the message names one) and count it."""
-    job_id, batch_id = _ids(message)
+    job_id, batch_id = message_ids(message)
     first = True
     if job_id and batch_id:
         record = {
@@ -202,7 +215,7 @@ def _storable(message: dict[str, Any]) -> dict[str, Any]:
     return loaded
 
 
-def _ids(message: Any) -> tuple[str | None, str | None]:
+def message_ids(message: Any) -> tuple[str | None, str | None]:
     if not isinstance(message, dict):
         return None, None
     job_id, batch_id = message.get("job_id"), message.get("batch_id")

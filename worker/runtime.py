@@ -79,7 +79,7 @@ def build_context(
     observe_steps = getattr(engine, "set_step_observer", None)
     if callable(observe_steps):
         observe_steps(metrics.decode_step)
-    client = connect(settings, retry=_redis_retry())
+    client = connect(settings, retry=patient_redis_retry())
     ctx = WorkerContext(
         settings=settings,
         engine=engine,
@@ -93,7 +93,7 @@ def build_context(
     return ctx, pusher
 
 
-def _redis_retry() -> Retry:
+def patient_redis_retry() -> Retry:
     # redis-py gives up after ~4 s; a job that has made its audio must still record its
     # outcome across a Redis restart or failover, so ride out ~67 s (1, 2, 4, then 5 s apart;
     # measured). Recording is idempotent (written once per job), so a repeated command is safe.

@@ -14,7 +14,7 @@ from typing import Any
 
 from celery import Task, concurrency
 from celery.concurrency.prefork import TaskPool as PreforkPool
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.signals import (
     celeryd_after_setup,
     worker_init,
@@ -38,7 +38,7 @@ from core.errors import (
 from core.settings import Settings
 from worker import engine_host, runtime
 from worker.app import app
-from worker.parent import broker_guard, consumer
+from worker.parent import broker_guard, consumer, outcomes, reconciler
 from worker.pipeline import WorkerContext, parse, record_failure, run_job
 
 log = logging.getLogger(__name__)
@@ -65,10 +65,12 @@ def _start_parent(sender: Any, **_: Any) -> None:
         load_seconds=engine_host.load_seconds(),
         shared=shared,
     )
+    reconciler.start_reconciler(settings.reconcile_seconds, outcomes.recorder)
 
 
 @worker_shutdown.connect
 def _stop_parent(**_: Any) -> None:
+    reconciler.stop_reconciler()
     consumer.stop_parent()
 
 
@@ -101,8 +103,28 @@ def _stop_process(**_: Any) -> None:
     runtime.stop_process()
 
 
+class SynthesisTask(Task):  # type: ignore[misc]
+    """The task's class: records a job killed at its hard time limit.
+
+    Celery kills the pool process at the hard limit and calls `on_failure` in the parent with
+    TimeLimitExceeded (the child never does: it only ever sees the soft limit); the message is
+    then acked, so without this record the job would stay pending for good."""
+
+    def on_failure(
+        self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
+    ) -> None:
+        if isinstance(exc, TimeLimitExceeded):
+            message = args[0] if isinstance(args, list | tuple) and len(args) == 1 else None
+            outcomes.record_hard_timeout(message, limit=exc.args[0] if exc.args else "?")
+
+
 @app.task(
-    name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True, throws=(PermanentError,)
+    base=SynthesisTask,
+    name=TASK_NAME,
+    bind=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    throws=(PermanentError,),
 )
 def synthesize(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     """Synthesize one job message (see core.contract) and return its JSON result.
@@ -132,6 +154,8 @@ def _run(
         _fail(ctx, message, reason=exc.reason, error=str(exc), attempts=attempt)
         raise
     deliveries = ctx.batch(job.batch_id).count_attempt(job.job_id)
+    # Until its outcome is recorded, the reconciler can see whether its message still exists.
+    ctx.batch(job.batch_id).mark_in_flight(job.job_id, message)
     # Starts that neither finished nor scheduled a retry: the process running them was lost.
     lost = deliveries - 1 - retries
     if lost > 0:

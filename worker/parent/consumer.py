@@ -69,13 +69,24 @@ def stop_parent() -> None:
         janitor.sweep()
 
 
-def count_bad_message() -> None:
+def parent_metrics() -> WorkerMetrics | None:
+    """The parent's registry, once the worker is ready (None before, and in pool children)."""
     metrics = _parent.get("metrics") if _parent.get("pid") == os.getpid() else None
-    if isinstance(metrics, WorkerMetrics):
+    return metrics if isinstance(metrics, WorkerMetrics) else None
+
+
+def push_soon() -> None:
+    """Ask the parent's pusher to push what changed (no-op without one)."""
+    pusher = _parent.get("pusher") if _parent.get("pid") == os.getpid() else None
+    if isinstance(pusher, BackgroundPusher):
+        pusher.notify()
+
+
+def count_bad_message() -> None:
+    metrics = parent_metrics()
+    if metrics is not None:
         metrics.error("bad_message")
-        pusher = _parent.get("pusher")
-        if isinstance(pusher, BackgroundPusher):
-            pusher.notify()
+        push_soon()
 
 
 class CountingConsumer(Consumer):  # type: ignore[misc]
