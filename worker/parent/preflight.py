@@ -20,6 +20,7 @@ import logging
 import ssl
 import time
 from collections.abc import Callable
+from urllib.parse import urlsplit
 
 import redis
 from redis.backoff import NoBackoff
@@ -71,8 +72,10 @@ def wait_for_redis(
                 log.info("Redis at %s answered after %.1f s", shown, clock() - started)
             return
         except redis.AuthenticationError as exc:
+            # Without a password in the URL, Redis's own words (about HELLO) do not help.
+            why = one_line(exc) if urlsplit(url).password else "a password is needed, none given"
             fatal(
-                f"Redis at {shown} refused the credentials ({one_line(exc)}); "
+                f"Redis at {shown} refused the credentials ({why}); "
                 "check the password in TTS_BROKER_URL (or TTS_RESULT_BACKEND)",
                 code=EX_NOPERM,
             )
