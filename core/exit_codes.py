@@ -11,13 +11,14 @@ from __future__ import annotations
 EX_UNAVAILABLE = 69
 # Redis or S3 refused the credentials (a wrong password or key, an S3 403).
 EX_NOPERM = 77
-# The configuration cannot work: the engine does not load, a setting is invalid or missing.
+# The configuration cannot work: the engine does not load, S3 keys are missing, Redis's TLS
+# certificate is not trusted or Redis refuses the connection's settings (a database index).
 EX_CONFIG = 78
 
 WORKER_EXIT_CODES = {
     EX_UNAVAILABLE: "Redis unreachable for the whole start-up window",
     EX_NOPERM: "Redis or S3 refused the credentials",
-    EX_CONFIG: "configuration error (engine, settings)",
+    EX_CONFIG: "configuration error (engine load, missing S3 keys, Redis TLS or database)",
 }
 
 
