@@ -26,13 +26,17 @@ import pytest
 import redis
 
 from core.errors import ConfigError, PermanentError, StackError, StorageAuthError, StorageError
-from core.exit_codes import EX_NOPERM, EX_UNAVAILABLE
+from core.exit_codes import EX_CONFIG, EX_NOPERM, EX_UNAVAILABLE
 from core.settings import Settings
 from core.storage import AudioStore
 from devstack.stack import LocalStack
 from producer.api import Producer
+from producer.cli import EXIT_FAILED, EXIT_USAGE, exit_code
 from tests.support.helpers import make_settings, pushgateway_samples, run_cli, wait_until
 from tests.support.s3_proxy import S3Proxy
+
+# A fixture: a TLS Redis whose certificate a CA of the test's own signed.
+from tests.test_redis_tls import tls_redis  # noqa: F401
 
 pytestmark = pytest.mark.integration
 
@@ -146,6 +150,26 @@ def _wrong_keys(settings: Settings) -> dict[str, Settings]:
         "secret key": replace(settings, s3_secret_key=bad),
         "access key": replace(settings, s3_access_key=bad),
     }
+
+
+def test_worker_that_does_not_trust_redis_tls_certificate_exits_at_once(
+    settings: Settings, request: pytest.FixtureRequest
+) -> None:
+    # No TTS_REDIS_TLS_CA_FILE: the test's CA is not a system one.
+    url, _ = request.getfixturevalue("tls_redis")
+    code, stderr, seconds = run_worker(replace(settings, broker_url=url, result_backend=""))
+    line = one_line(stderr)
+    print(f"\n[redis TLS, CA not given] exit {code} in {seconds:.1f} s: {line}")
+    assert code == EX_CONFIG, stderr[-3000:]
+    assert "TLS certificate not trusted" in line and "TTS_REDIS_TLS_CA_FILE" in line
+    assert seconds < 20
+
+
+def test_the_cli_treats_refused_credentials_as_a_setting() -> None:
+    # `tts-batch submit/status/fetch...` with a wrong Redis password or S3 key: exit 2, not 1.
+    assert exit_code(redis.AuthenticationError("invalid username-password pair")) == EXIT_USAGE
+    assert exit_code(StorageAuthError("S3 refused the credentials (403)")) == EXIT_USAGE
+    assert exit_code(StorageError("S3 endpoint unreachable")) == EXIT_FAILED
 
 
 # -- S3 at start-up --------------------------------------------------------------------------

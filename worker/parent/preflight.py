@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import ssl
 import time
-from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import redis
@@ -50,26 +49,20 @@ def check(settings: Settings) -> None:
     check_storage(settings)
 
 
-def wait_for_redis(
-    settings: Settings,
-    url: str,
-    *,
-    clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], None] = time.sleep,
-) -> None:
+def wait_for_redis(settings: Settings, url: str) -> None:
     """Ping `url` until it answers; exit at once on refused credentials, after the start-up
     window when it never answers."""
     window = settings.startup_timeout_seconds
     shown = mask_url(url)
-    started = clock()
+    started = time.monotonic()
     deadline = started + window
     last_log = None
     while True:
-        left = max(deadline - clock(), 0.1)
+        left = max(deadline - time.monotonic(), 0.1)
         try:
             _ping(settings, url, timeout=min(PING_TIMEOUT_SECONDS, left))
             if last_log is not None:
-                log.info("Redis at %s answered after %.1f s", shown, clock() - started)
+                log.info("Redis at %s answered after %.1f s", shown, time.monotonic() - started)
             return
         except redis.AuthenticationError as exc:
             # Without a password in the URL, Redis's own words (about HELLO) do not help.
@@ -86,14 +79,14 @@ def wait_for_redis(
                     "set TTS_REDIS_TLS_CA_FILE to the CA that signed it",
                     code=EX_CONFIG,
                 )
-            if clock() >= deadline:
+            if time.monotonic() >= deadline:
                 fatal(
                     f"cannot reach Redis at {shown} within {window:g} s "
                     f"(TTS_STARTUP_TIMEOUT_SECONDS): {one_line(exc)}",
                     code=EX_UNAVAILABLE,
                 )
-            if last_log is None or clock() - last_log >= WAITING_LOG_SECONDS:
-                last_log = clock()
+            if last_log is None or time.monotonic() - last_log >= WAITING_LOG_SECONDS:
+                last_log = time.monotonic()
                 log.warning(
                     "Redis at %s does not answer (%s); waiting up to %g s",
                     shown,
@@ -103,7 +96,7 @@ def wait_for_redis(
         except redis.RedisError as exc:
             # A reply that is an error (a database index out of range...): a setting.
             fatal(f"Redis at {shown} refused the connection: {one_line(exc)}", code=EX_CONFIG)
-        sleep(min(PING_INTERVAL_SECONDS, max(deadline - clock(), 0.0)))
+        time.sleep(min(PING_INTERVAL_SECONDS, max(deadline - time.monotonic(), 0.0)))
 
 
 def _ping(settings: Settings, url: str, *, timeout: float) -> None:
