@@ -21,6 +21,7 @@ from typing import Any, TextIO
 
 from core.delivery import CELERY_APP, QUEUE, worker_pool
 from core.errors import ConfigError, InvalidBatch, InvalidJob, StackError, TTSError
+from core.exit_codes import WORKER_EXIT_CODES
 from core.settings import LOCAL_PORTS, Settings
 from devstack.credentials import local_settings
 
@@ -190,8 +191,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _worker_exit_codes() -> str:
-    from core.exit_codes import WORKER_EXIT_CODES
-
     rows = [f"  {code:>2}  {meaning}" for code, meaning in WORKER_EXIT_CODES.items()]
     return "\n".join(
         [
