@@ -10,7 +10,8 @@ TTSError
 │   ├── EngineFailure      the engine raised on valid input (engine_error)
 │   ├── JobTimeout         the job ran past its time limit (timeout)
 │   ├── WorkerLost         the job was lost with its worker process too often (worker_lost)
-│   └── RetriesExhausted   a transient error outlasted the retries (storage_error)
+│   ├── RetriesExhausted   a transient error outlasted the retries (storage_error)
+│   └── StorageAuthError   S3 refused the credentials (storage_auth); also a ConfigError
 ├── TransientError         may pass: the task retries it with backoff
 │   └── StorageError       the S3 server did not answer or refused an operation
 ├── StackError             a local-stack service could not be started, found or stopped
@@ -30,6 +31,7 @@ __all__ = [
     "PermanentError",
     "RetriesExhausted",
     "StackError",
+    "StorageAuthError",
     "StorageError",
     "TTSError",
     "TransientError",
@@ -45,6 +47,7 @@ ERROR_REASONS = (
     "bad_message",
     "engine_error",
     "storage_error",
+    "storage_auth",
     "timeout",
     "worker_lost",
 )
@@ -141,6 +144,13 @@ class RetriesExhausted(PermanentError):
     """A transient error outlasted the job's retries."""
 
     default_reason = "storage_error"
+
+
+class StorageAuthError(PermanentError, ConfigError):
+    """S3 refused the credentials (a 403: wrong or revoked key, no permission): a configuration
+    error, never retried as an outage."""
+
+    default_reason = "storage_auth"
 
 
 class TransientError(TTSError):

@@ -101,6 +101,9 @@ class Settings:
     # exists nowhere any more (queue, unacked set): it records them as failed `worker_lost`
     # after two looks (worker/parent/reconciler.py). 0 = never.
     reconcile_seconds: float = 60.0
+    # How long a starting worker waits for Redis to answer before it exits (EX_UNAVAILABLE);
+    # refused credentials end the start at once (worker.parent.preflight).
+    startup_timeout_seconds: float = 60.0
 
     # --- Dev-stack default: the local stack's state folder (data, logs, pids, credentials) ---
     stack_dir: str = field(default_factory=_default_stack_dir)

@@ -1,7 +1,9 @@
 """The S3 client, shared by the worker (lookup, upload) and the CLI (fetch).
 
-boto3 against any S3-compatible endpoint: SeaweedFS, MinIO, Ceph RGW, AWS. Every failure of
-the server surfaces as StorageError (transient: the task retries it).
+boto3 against any S3-compatible endpoint: SeaweedFS, MinIO, Ceph RGW, AWS. A refusal of the
+credentials (403, or a known credentials error code) surfaces as StorageAuthError (permanent: a
+configuration error, never retried); every other failure of the server as StorageError
+(transient: the task retries it).
 """
 
 from __future__ import annotations
@@ -14,10 +16,22 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from core.errors import ConfigError, StorageError
+from core.errors import ConfigError, StorageAuthError, StorageError
 from core.settings import Settings
 
 CONTENT_TYPES = {"wav": "audio/wav", "flac": "audio/flac", "ogg": "audio/ogg"}
+# Error codes that mean "these credentials will not do", whatever the HTTP status a server gives
+# them (AWS answers some with 400). A HEAD response has no body, so there only the 403 tells.
+AUTH_ERROR_CODES = frozenset(
+    {
+        "AccessDenied",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "InvalidToken",
+        "ExpiredToken",
+        "AuthorizationHeaderMalformed",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -61,21 +75,23 @@ class AudioStore:
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
 
-    def ensure_bucket(self) -> None:
-        """Create the bucket when it is missing."""
+    def ensure_bucket(self, *, create: bool = True) -> None:
+        """Check that the bucket answers to these credentials (a HEAD: a wrong key or secret is
+        refused there); create it when it is missing and `create` is set."""
         try:
             self._client.head_bucket(Bucket=self.bucket)
             return
         except ClientError as exc:
-            if _status(exc) not in (404, 400):
+            _raise_if_auth(exc, f"bucket {self.bucket}")
+            if _status(exc) not in (404, 400) or not create:
                 raise StorageError(f"cannot reach bucket {self.bucket}: {exc}") from exc
         except BotoCoreError as exc:
             raise StorageError(f"S3 endpoint unreachable: {exc}") from exc
         try:
             self._client.create_bucket(Bucket=self.bucket)
         except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "")
-            if code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+            _raise_if_auth(exc, f"creating bucket {self.bucket}")
+            if _code(exc) not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
                 raise StorageError(f"cannot create bucket {self.bucket}: {exc}") from exc
         except BotoCoreError as exc:
             raise StorageError(f"S3 endpoint unreachable: {exc}") from exc
@@ -87,6 +103,7 @@ class AudioStore:
         except ClientError as exc:
             if _status(exc) == 404:
                 return None
+            _raise_if_auth(exc, f"lookup of {key}")
             raise StorageError(f"lookup of {key} failed: {exc}") from exc
         except BotoCoreError as exc:
             raise StorageError(f"S3 endpoint unreachable: {exc}") from exc
@@ -104,14 +121,20 @@ class AudioStore:
                 ContentType=CONTENT_TYPES.get(fmt, "application/octet-stream"),
                 Metadata=metadata,
             )
-        except (ClientError, BotoCoreError) as exc:
+        except ClientError as exc:
+            _raise_if_auth(exc, f"upload of {key}")
+            raise StorageError(f"upload of {key} failed: {exc}") from exc
+        except BotoCoreError as exc:
             raise StorageError(f"upload of {key} failed: {exc}") from exc
 
     def get(self, key: str) -> bytes:
         try:
             response = self._client.get_object(Bucket=self.bucket, Key=key)
             return bytes(response["Body"].read())
-        except (ClientError, BotoCoreError) as exc:
+        except ClientError as exc:
+            _raise_if_auth(exc, f"download of {key}")
+            raise StorageError(f"download of {key} failed: {exc}") from exc
+        except BotoCoreError as exc:
             raise StorageError(f"download of {key} failed: {exc}") from exc
 
     def download(self, key: str, path: Path) -> None:
@@ -122,3 +145,21 @@ class AudioStore:
 
 def _status(exc: ClientError) -> int:
     return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def is_auth_error(exc: ClientError) -> bool:
+    """True when the server refused the credentials rather than failed."""
+    return _status(exc) == 403 or _code(exc) in AUTH_ERROR_CODES
+
+
+def _raise_if_auth(exc: ClientError, what: str) -> None:
+    if is_auth_error(exc):
+        code = _code(exc) or str(_status(exc))
+        raise StorageAuthError(
+            f"S3 refused the credentials ({code}) for {what}: check TTS_S3_ACCESS_KEY, "
+            "TTS_S3_SECRET_KEY and the key's permissions on the bucket"
+        ) from exc

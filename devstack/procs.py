@@ -92,12 +92,17 @@ def read_pid(dirs: ProcDirs, name: str) -> int | None:
         return None
 
 
+# Exit codes of the children `is_alive` reaped, by pid: the only chance to read them.
+_exit_codes: dict[int, int] = {}
+
+
 def is_alive(pid: int) -> bool:
     """True if `pid` runs and is not a zombie (reaping it first if it is our child)."""
     try:
         # Only succeeds for our own children; anything else is reaped by its real parent.
-        done, _ = os.waitpid(pid, os.WNOHANG)
+        done, status = os.waitpid(pid, os.WNOHANG)
         if done == pid:
+            _exit_codes[pid] = os.waitstatus_to_exitcode(status)
             return False
     except ChildProcessError:
         pass
@@ -107,6 +112,12 @@ def is_alive(pid: int) -> bool:
         return False
     # The state letter follows the command name, which is in parentheses and may hold spaces.
     return stat.rsplit(")", 1)[-1].split()[0] not in {"Z", "X"}
+
+
+def exit_code(pid: int) -> int | None:
+    """The exit code of a child of ours that `is_alive` found gone (negative: killed by that
+    signal); None when unknown (not our child, or still running)."""
+    return _exit_codes.get(pid)
 
 
 def cmdline(pid: int) -> str:
@@ -201,6 +212,16 @@ def log_tail(dirs: ProcDirs, name: str, *, lines: int = 20) -> str:
     except OSError:
         return "(no log)"
     return "\n".join(text.splitlines()[-lines:])
+
+
+def log_since_start(dirs: ProcDirs, name: str) -> str:
+    """What `name` logged since `spawn` last started it ('' if nothing or no log)."""
+    try:
+        text = dirs.log_file(name).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    marker = text.rfind(f" starting {name}\n")
+    return text[marker:].split("\n", 1)[-1] if marker >= 0 else text
 
 
 def port_in_use(host: str, port: int) -> bool:

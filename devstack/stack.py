@@ -25,14 +25,17 @@ from urllib.parse import urlsplit
 
 from core.delivery import CELERY_APP, QUEUE
 from core.errors import StackError
+from core.exit_codes import describe
 from core.settings import Settings
 from devstack.credentials import StackCredentials, load_or_create_credentials
 from devstack.layout import StackLayout, StackPorts
 from devstack.procs import (
     exclusive,
+    exit_code,
     find_running,
     first_busy_port,
     is_alive,
+    log_since_start,
     log_tail,
     read_pid,
     spawn,
@@ -59,6 +62,8 @@ __all__ = [
 ]
 
 State = Literal["running", "stopped", "skipped"]
+# How a worker that refuses to start says why, in one line (worker.engine_host.fatal).
+WORKER_LINE_PREFIX = "tts-batch worker: "
 
 
 @dataclass(frozen=True)
@@ -367,7 +372,7 @@ class LocalStack:
                 if service.ready():
                     ready[name] = round(time.monotonic() - t0, 3)
                 elif not is_alive(pid):
-                    failed[name] = "exited during start-up"
+                    failed[name] = _exited(pid)
             return len(ready) + len(failed) == len(launched) or bool(failed)
 
         if not wait_until(check, timeout=self.ready_timeout):
@@ -377,12 +382,26 @@ class LocalStack:
             return ready
         for name in failed.keys() & started:
             self.stop(name)
-        msg = [
-            f"{name} {why}; log {self.layout.dirs.log_file(name)}:\n"
-            f"{log_tail(self.layout.dirs, name)}"
-            for name, why in failed.items()
-        ]
-        raise StackError("\n".join(msg))
+        raise StackError("\n".join(self._failure(name, why) for name, why in failed.items()))
+
+    def _failure(self, name: str, why: str) -> str:
+        """What to say of a service that failed: a worker's own one-line reason when it gave one
+        (`tts-batch worker: ...`, before exiting with a code of core.exit_codes), else the tail
+        of its log."""
+        log_file = self.layout.dirs.log_file(name)
+        logged = log_since_start(self.layout.dirs, name)
+        said = [line for line in logged.splitlines() if line.startswith(WORKER_LINE_PREFIX)]
+        if said and name.startswith(WORKER_PREFIX):
+            return f"{name} {why}: {said[-1]} (log {log_file})"
+        return f"{name} {why}; log {log_file}:\n{log_tail(self.layout.dirs, name)}"
+
+
+def _exited(pid: int) -> str:
+    code = exit_code(pid)
+    if code is None:
+        return "exited during start-up"
+    meaning = describe(code)
+    return f"exited during start-up with code {code}" + (f" ({meaning})" if meaning else "")
 
 
 def format_statuses(statuses: Mapping[str, ServiceStatus]) -> str:

@@ -1,8 +1,9 @@
 """The `tts-batch` command line.
 
 Exit codes: 0 all good; 1 some jobs failed (or are still pending), or a service (broker, S3,
-Prometheus) could not be reached; 2 usage, input, settings or local-stack error; 130
-interrupted. Every error ends in one line on stderr (`exit_code` maps each kind), never a
+Prometheus) could not be reached; 2 usage, input, settings or local-stack error, or credentials
+that Redis or S3 refused; 130 interrupted. (`tts-batch worker` becomes Celery: its own codes are
+core.exit_codes.) Every error ends in one line on stderr (`exit_code` maps each kind), never a
 traceback.
 Every option that names a service is read from the TTS_* environment (see core.settings);
 subcommands that need the worker side import it only when run.
@@ -20,6 +21,7 @@ from typing import Any, TextIO
 
 from core.delivery import CELERY_APP, QUEUE, worker_pool
 from core.errors import ConfigError, InvalidBatch, InvalidJob, StackError, TTSError
+from core.exit_codes import WORKER_EXIT_CODES
 from core.settings import LOCAL_PORTS, Settings
 from devstack.credentials import local_settings
 
@@ -48,8 +50,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def exit_code(exc: BaseException) -> int | None:
     """The exit code of every error the CLI can meet; None for one it cannot (a bug)."""
     from kombu.exceptions import OperationalError
-    from redis.exceptions import RedisError
+    from redis.exceptions import AuthenticationError, RedisError
 
+    if isinstance(exc, AuthenticationError):
+        # A wrong password is a setting, not an outage (StorageAuthError is a ConfigError).
+        return EXIT_USAGE
     if isinstance(exc, InvalidJob | ConfigError | StackError | OSError):
         # Bad input or settings, the local stack, a file that cannot be read or written.
         return EXIT_USAGE
@@ -61,9 +66,11 @@ def exit_code(exc: BaseException) -> int | None:
 
 def _one_line(exc: BaseException) -> str:
     from kombu.exceptions import OperationalError
-    from redis.exceptions import RedisError
+    from redis.exceptions import AuthenticationError, RedisError
 
     text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, AuthenticationError):
+        return f"Redis refused the credentials (check the password in TTS_BROKER_URL): {text}"
     if isinstance(exc, RedisError | OperationalError):
         return f"cannot reach Redis (the broker): {text}"
     return text
@@ -163,7 +170,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("directory", type=Path)
     p.set_defaults(run=_cmd_make_random_model)
 
-    p = sub.add_parser("worker", help="run a worker in the foreground with the project's settings")
+    p = sub.add_parser(
+        "worker",
+        help="run a worker in the foreground with the project's settings",
+        description="Run a Celery worker node in the foreground with the project's settings.\n"
+        "Before its engine loads it checks Redis and the S3 keys (docs/reliability.md).",
+        epilog=_worker_exit_codes(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument(
         "--concurrency",
         type=int,
@@ -174,6 +188,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--loglevel", default="INFO")
     p.set_defaults(run=_cmd_worker)
     return parser
+
+
+def _worker_exit_codes() -> str:
+    rows = [f"  {code:>2}  {meaning}" for code, meaning in WORKER_EXIT_CODES.items()]
+    return "\n".join(
+        [
+            "exit codes at start-up (one line on stderr, `tts-batch worker: ...`, says why):",
+            *rows,
+            "   2  settings that cannot be read (`tts-batch: error: ...`, before Celery starts)",
+            "Redis is awaited for TTS_STARTUP_TIMEOUT_SECONDS (default 60); refused credentials",
+            "exit at once. A supervisor should restart on 69, not on 2, 77 or 78.",
+        ]
+    )
 
 
 def _producer(settings: Settings) -> Any:

@@ -27,11 +27,10 @@ import time
 from collections.abc import Callable
 from typing import NoReturn, TextIO
 
+# EX_CONFIG (78): the worker cannot run with this configuration; re-exported for callers.
+from core.exit_codes import EX_CONFIG as EX_CONFIG
 from core.settings import Settings
 from worker.synth import Synthesizer, load_engine
-
-# sysexits.h EX_CONFIG: the worker cannot run with this configuration.
-EX_CONFIG = 78
 
 _engine: Synthesizer | None = None
 _load_seconds = 0.0
@@ -91,8 +90,8 @@ def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
-def fatal(message: str, *, stderr: TextIO | None = None) -> NoReturn:
-    """Print `tts-batch worker: <message>` as one line and exit with EX_CONFIG."""
+def fatal(message: str, *, code: int = EX_CONFIG, stderr: TextIO | None = None) -> NoReturn:
+    """Print `tts-batch worker: <message>` as one line and exit with `code` (core.exit_codes)."""
     stream = stderr if stderr is not None else sys.stderr
     print(f"tts-batch worker: {' '.join(message.split())}", file=stream, flush=True)
-    raise SystemExit(EX_CONFIG)
+    raise SystemExit(code)

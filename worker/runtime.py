@@ -16,7 +16,7 @@ import time
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from core.errors import StorageError
+from core.errors import StorageAuthError, StorageError
 from core.redis_conn import connect
 from core.settings import Settings
 from core.storage import AudioStore
@@ -69,8 +69,10 @@ def build_context(
     if settings.s3_create_bucket:
         try:
             store.ensure_bucket()
-        except StorageError as exc:
-            # Not fatal: the storage may come back; each task retries its own storage errors.
+        except (StorageError, StorageAuthError) as exc:
+            # Not fatal here: the storage may come back, and each task retries its own storage
+            # errors; refused keys fail each job at once (storage_auth). The worker's parent
+            # checked the keys before the pool started (worker.parent.preflight).
             log.warning("could not check the bucket at start-up: %s", exc)
     name = worker_name()
     metrics, pusher = start_metrics(

@@ -32,13 +32,14 @@ from core.errors import (
     JobTimeout,
     PermanentError,
     RetriesExhausted,
+    StorageAuthError,
     TransientError,
     WorkerLost,
 )
 from core.settings import Settings
 from worker import engine_host, runtime
 from worker.app import app
-from worker.parent import broker_guard, consumer, outcomes, reconciler
+from worker.parent import broker_guard, consumer, outcomes, preflight, reconciler
 from worker.pipeline import WorkerContext, parse, record_failure, run_job
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,12 @@ def _stop_parent(**_: Any) -> None:
 @worker_init.connect
 def _guard_broker(**_: Any) -> None:
     broker_guard.install()
+
+
+@worker_init.connect
+def _check_services(**_: Any) -> None:
+    # Before the engine loads: refused credentials or no Redis stop the worker with one line.
+    preflight.check(Settings.from_env())
 
 
 @worker_init.connect
@@ -168,8 +175,9 @@ def _run(
         ctx.metrics.queue_wait.observe(max(time.time() - job.enqueued_at, 0.0))
     try:
         return run_job(ctx, job, attempt=attempt, deadline=ctx.deadline(job, started=started))
-    except (InvalidJob, EngineFailure, JobTimeout) as exc:
-        # JobTimeout: batched mode, the engine dropped the job at its deadline.
+    except (InvalidJob, EngineFailure, JobTimeout, StorageAuthError) as exc:
+        # JobTimeout: batched mode, the engine dropped the job at its deadline. StorageAuthError:
+        # S3 refused the keys, a configuration error that no retry fixes.
         _fail(ctx, message, reason=exc.reason, error=str(exc), attempts=attempt)
         raise
     except SoftTimeLimitExceeded:
