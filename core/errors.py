@@ -37,6 +37,8 @@ __all__ = [
 ]
 
 # The fixed set of `tts_errors_total{reason}` values and failure reasons in results.
+# duplicate_message is an event only, never a failure: a second message of a job that already
+# has its outcome (a producer killed mid-send, resubmitted), dropped unrun.
 ERROR_REASONS = (
     "invalid_text",
     "text_too_long",
@@ -47,6 +49,7 @@ ERROR_REASONS = (
     "storage_error",
     "timeout",
     "worker_lost",
+    "duplicate_message",
 )
 
 
