@@ -235,7 +235,7 @@ def test_a_producer_killed_mid_send_and_resubmitted_runs_every_job_once(
 
     started = time.monotonic()
     node = workers.start(concurrency=2, fake_marker_dir=str(markers))
-    results = Producer(settings).batch(batch_id).wait(timeout=120)
+    results = Producer(settings).batch(batch_id).wait(timeout=150)
     ran = time.monotonic() - started
     assert len(results) == n and {x.status for x in results} == {"succeeded"}
     assert s.progress().succeeded == n
