@@ -153,6 +153,39 @@ def test_starts_are_counted_per_message(settings: Settings) -> None:
     assert (legacy.starts, s.start_delivery("j2", send_id=None).starts) == (1, 2)
 
 
+class BrokenSender:
+    """Sends `good` messages, then fails as a broker that went away would."""
+
+    def __init__(self, inner: Any, good: int) -> None:
+        self._inner = inner
+        self._good = good
+
+    def send(self, messages: list[dict[str, Any]]) -> None:
+        self._inner.send(messages[: self._good])
+        raise ConnectionError("broker gone")
+
+
+def test_a_send_that_fails_releases_its_claims(settings: Settings) -> None:
+    n, tag = 700, f"Broken {uuid.uuid4().hex[:8]}"
+    producer = Producer(settings)
+    real = producer._sender
+    producer._sender = BrokenSender(real, good=100)  # type: ignore[assignment]
+    with pytest.raises(ConnectionError):
+        producer.submit_batch(rows(n, tag), batch_id="broken")
+    # The first chunk's 500 claims were released: nothing is left claimed, nor alive.
+    assert sent_values(settings, "broken") == {}
+    assert state(settings, "broken").live_senders() == {}
+    producer._sender = real
+    report = producer.submit_batch(rows(n, tag), batch_id="broken").report
+    print(
+        f"\n[broken send] {n} rows, the send failed after 100 messages; the resubmit sent "
+        f"{report.jobs_sent}; the queue holds {client(settings).llen(QUEUE)}"
+    )
+    # The 100 sent before the failure are sent again: the workers drop them as duplicates.
+    assert (report.jobs_sent, report.jobs_in_flight) == (n, 0)
+    assert client(settings).llen(QUEUE) == n + 100
+
+
 # -- two producers, one batch, at once -----------------------------------------------------------
 
 
