@@ -6,10 +6,15 @@ Keys (all expire `batch_ttl_seconds` after the last write):
   tts:batch:{b}:rows     hash   row id -> job id
   tts:batch:{b}:order    list   row ids in submission order
   tts:batch:{b}:weight   hash   job id -> number of rows it serves (rows with equal content)
-  tts:batch:{b}:sent     hash   job id -> time it was enqueued
+  tts:batch:{b}:sent     hash   job id -> "claim:<sender id>" while a producer sends it, then
+                                the time its send was confirmed (see `claim_sends`)
+  tts:batch:{b}:senders  hash   sender id -> Redis time until which that producer's claims
+                                are alive (renewed while it sends)
   tts:batch:{b}:results  hash   job id -> result JSON, written once per job
   tts:batch:{b}:counts   hash   succeeded / cached / failed -> rows
   tts:batch:{b}:attempts hash   job id -> deliveries started
+  tts:batch:{b}:starts   hash   job id -> JSON {send id: starts of that message}, since the
+                                job was last opened (its messages told apart from redeliveries)
   tts:batch:{b}:inflight hash   job id -> {started_at, message} of a job started but not
                                 recorded yet (removed by the record: what the reconciler checks)
   tts:inflight-batches   set    batches that may have jobs in flight (the reconciler's index)
@@ -29,9 +34,21 @@ from typing import Any
 import redis
 
 PREFIX = "tts:batch:"
-PARTS = ("meta", "rows", "order", "weight", "sent", "results", "counts", "attempts", "inflight")
+PARTS = (
+    "meta",
+    "rows",
+    "order",
+    "weight",
+    "sent",
+    "senders",
+    "results",
+    "counts",
+    "attempts",
+    "starts",
+    "inflight",
+)
 # Batches that may hold jobs started and not recorded; one set for all batches, kept by
-# `mark_in_flight` and pruned by the reconciler (worker/parent/reconciler.py).
+# `start_delivery` and pruned by the reconciler (worker/parent/reconciler.py).
 IN_FLIGHT_BATCHES = "tts:inflight-batches"
 
 # KEYS: rows, order, weight, results, counts, meta. ARGV: row id, job id, ttl.
@@ -59,21 +76,174 @@ redis.call('HINCRBY', KEYS[2], ARGV[3], w)
 return 1
 """
 
-# KEYS: results, counts, weight, sent, attempts. ARGV: job id.
 # Forgets a failed job's outcome (and its delivery count, so that a job dead-lettered as
-# worker_lost gets its full allowance again) so that it can run again. Returns 1 when it did.
-_RESET_FAILED = """
-local done = redis.call('HGET', KEYS[1], ARGV[1])
-if not done then return 0 end
-local status = cjson.decode(done)['status']
-if status ~= 'failed' then return 0 end
-local w = tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '1')
-redis.call('HDEL', KEYS[1], ARGV[1])
+# worker_lost gets its full allowance again) so that it can run again; true when it did.
+_RESET_FAILED_FN = """
+local function reset_failed(results, counts, weight, attempts, job)
+  local done = redis.call('HGET', results, job)
+  if not done or cjson.decode(done)['status'] ~= 'failed' then return false end
+  local w = tonumber(redis.call('HGET', weight, job) or '1')
+  redis.call('HDEL', results, job)
+  redis.call('HDEL', attempts, job)
+  redis.call('HINCRBY', counts, 'failed', -w)
+  return true
+end
+"""
+
+# KEYS: results, counts, weight, sent, attempts. ARGV: job id. Returns 1 when it reset the job.
+_RESET_FAILED = (
+    _RESET_FAILED_FN
+    + """
+if not reset_failed(KEYS[1], KEYS[2], KEYS[3], KEYS[5], ARGV[1]) then return 0 end
 redis.call('HDEL', KEYS[4], ARGV[1])
-redis.call('HDEL', KEYS[5], ARGV[1])
-redis.call('HINCRBY', KEYS[2], 'failed', -w)
 return 1
 """
+)
+
+# What `claim_sends` found for each job. The first three mean: this caller now holds the claim
+# and must send the job (then `confirm_sends`, or `release_sends` if the send failed).
+CLAIMED = "claimed"  # never sent before
+RETRIED = "retried"  # its recorded failure was forgotten so that it runs again
+TAKEN_OVER = "taken_over"  # claimed by a sender that died before confirming: sent again
+DONE = "done"  # it has a successful outcome: nothing to send
+IN_FLIGHT = "in_flight"  # sent and confirmed, or claimed by a sender still alive
+TO_SEND = frozenset({CLAIMED, RETRIED, TAKEN_OVER})
+
+# KEYS: sent, senders, results, counts, weight, attempts.
+# ARGV: sender id, lease seconds, ttl, job ids... Returns one of the codes above per job.
+# The caller's lease is renewed first, on Redis's clock (one clock for every producer).
+_CLAIM = (
+    _RESET_FAILED_FN
+    + """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local me = 'claim:' .. ARGV[1]
+redis.call('HSET', KEYS[2], ARGV[1], tostring(now + tonumber(ARGV[2])))
+local out = {}
+for i = 4, #ARGV do
+  local job = ARGV[i]
+  local code = 'claimed'
+  local done = redis.call('HGET', KEYS[3], job)
+  if done then
+    if reset_failed(KEYS[3], KEYS[4], KEYS[5], KEYS[6], job) then
+      code = 'retried'
+    else
+      code = 'done'
+    end
+  else
+    local held = redis.call('HGET', KEYS[1], job)
+    if held then
+      code = 'in_flight'
+      if string.sub(held, 1, 6) == 'claim:' then
+        local alive = tonumber(redis.call('HGET', KEYS[2], string.sub(held, 7)) or '0')
+        if alive <= now then code = 'taken_over' end
+      end
+    end
+  end
+  if code ~= 'done' and code ~= 'in_flight' then redis.call('HSET', KEYS[1], job, me) end
+  out[#out + 1] = code
+end
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+return out
+"""
+)
+
+# KEYS: sent. ARGV: sender id, job ids... The jobs still claimed by this sender become sent
+# (the value: Redis time). Returns how many.
+_CONFIRM = """
+local t = redis.call('TIME')
+local now = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+local me = 'claim:' .. ARGV[1]
+local n = 0
+for i = 2, #ARGV do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == me then
+    redis.call('HSET', KEYS[1], ARGV[i], now)
+    n = n + 1
+  end
+end
+return n
+"""
+
+# KEYS: sent. ARGV: sender id, job ids... Drops this sender's claims on the jobs (a send that
+# failed), so that the next submission sends them. Returns how many.
+_RELEASE = """
+local me = 'claim:' .. ARGV[1]
+local n = 0
+for i = 2, #ARGV do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == me then
+    redis.call('HDEL', KEYS[1], ARGV[i])
+    n = n + 1
+  end
+end
+return n
+"""
+
+# KEYS: senders. ARGV: sender id, lease seconds. Renews the sender's lease (Redis time).
+_RENEW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+redis.call('HSET', KEYS[1], ARGV[1], tostring(now + tonumber(ARGV[2])))
+return 1
+"""
+
+# KEYS: senders. Returns {sender id, seconds left} of each sender whose lease is alive.
+_LIVE_SENDERS = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local out = {}
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  local left = tonumber(all[i + 1]) - now
+  if left > 0 then
+    out[#out + 1] = all[i]
+    out[#out + 1] = tostring(left)
+  end
+end
+return out
+"""
+
+# KEYS: starts, attempts, results, inflight, the in-flight index. ARGV: job id, send id (''
+# for a message without one), ttl, in-flight entry JSON, batch id.
+# Counts one start of one message and, unless the job has its outcome, marks it in flight
+# (with its message: what the reconciler checks and records from) and indexes its batch.
+# Starts are kept per send id since the job was last opened:
+# no delivery counted (`attempts` has no entry: a new job, or one whose outcome was forgotten
+# to run it again) clears them, so a message sent again with its old send id starts afresh.
+# A job with an outcome already is not counted as a delivery and its result comes back:
+# {starts of this message, deliveries of the job (0 when recorded), result or nil}.
+_START = """
+local map = {}
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then
+  local raw = redis.call('HGET', KEYS[1], ARGV[1])
+  if raw then map = cjson.decode(raw) end
+end
+local starts = (tonumber(map[ARGV[2]]) or 0) + 1
+map[ARGV[2]] = starts
+redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(map))
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+local done = redis.call('HGET', KEYS[3], ARGV[1])
+if done then return {starts, 0, done} end
+local deliveries = redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+redis.call('HSET', KEYS[4], ARGV[1], ARGV[4])
+redis.call('EXPIRE', KEYS[4], ARGV[3])
+redis.call('SADD', KEYS[5], ARGV[5])
+return {starts, deliveries}
+"""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One start of a job's message, as counted by `start_delivery`."""
+
+    # Starts of this very message (its send id), this one included: more than 1 + its
+    # retries means earlier starts were lost with their worker process.
+    starts: int
+    # Deliveries of the job (every message), this one included; 0 when `recorded`.
+    deliveries: int
+    # The job's outcome when it had one already: this message is a duplicate, not to be run.
+    recorded: dict[str, Any] | None
 
 
 @dataclass(frozen=True)
@@ -140,24 +310,46 @@ class BatchState:
             )
         return [bool(flag) for flag in pipe.execute()]
 
-    def job_states(self, job_ids: Sequence[str]) -> list[tuple[bool, str | None]]:
-        """(sent, result status or None) for each job."""
+    def claim_sends(
+        self, job_ids: Sequence[str], *, sender: str, lease_seconds: float
+    ) -> list[str]:
+        """Claim the sending of each job for `sender` (atomically per job, so that of two
+        producers at once only one sends it): one code per job, CLAIMED, RETRIED or TAKEN_OVER
+        (now this sender's to send) or DONE or IN_FLIGHT (nothing to send). A failed job is
+        reset to run again; a claim whose sender's lease has lapsed (it died before confirming
+        its send) is taken over. Renews the sender's lease for `lease_seconds`."""
         if not job_ids:
             return []
-        pipe = self._r.pipeline(transaction=False)
-        pipe.hmget(self._keys["sent"], list(job_ids))
-        pipe.hmget(self._keys["results"], list(job_ids))
-        sent, results = pipe.execute()
-        states = []
-        for was_sent, raw in zip(sent, results, strict=True):
-            status = json.loads(raw)["status"] if raw is not None else None
-            states.append((was_sent is not None, status))
-        return states
+        k = self._keys
+        keys = [k["sent"], k["senders"], k["results"], k["counts"], k["weight"], k["attempts"]]
+        args = [sender, repr(float(lease_seconds)), str(self._ttl), *job_ids]
+        codes = self._r.eval(_CLAIM, len(keys), *keys, *args)
+        return [_text(code) for code in codes]
 
-    def mark_sent(self, job_ids: Sequence[str]) -> None:
-        if job_ids:
-            now = repr(time.time())
-            self._r.hset(self._keys["sent"], mapping=dict.fromkeys(job_ids, now))
+    def confirm_sends(self, job_ids: Sequence[str], *, sender: str) -> int:
+        """Mark the jobs `sender` claimed and has now sent as sent (the time, Redis's clock)."""
+        if not job_ids:
+            return 0
+        return int(self._r.eval(_CONFIRM, 1, self._keys["sent"], sender, *job_ids))
+
+    def release_sends(self, job_ids: Sequence[str], *, sender: str) -> int:
+        """Drop `sender`'s claims on jobs it could not send, so that a resubmission sends them."""
+        if not job_ids:
+            return 0
+        return int(self._r.eval(_RELEASE, 1, self._keys["sent"], sender, *job_ids))
+
+    def renew_sender(self, sender: str, *, lease_seconds: float) -> None:
+        """Keep `sender`'s claims alive `lease_seconds` more (a producer still sending)."""
+        self._r.eval(_RENEW, 1, self._keys["senders"], sender, repr(float(lease_seconds)))
+
+    def end_sender(self, sender: str) -> None:
+        """Forget a sender whose claims are all confirmed or released."""
+        self._r.hdel(self._keys["senders"], sender)
+
+    def live_senders(self) -> dict[str, float]:
+        """Sender id -> seconds its lease has left, for every sender still alive."""
+        flat = [_text(item) for item in self._r.eval(_LIVE_SENDERS, 1, self._keys["senders"])]
+        return {flat[i]: float(flat[i + 1]) for i in range(0, len(flat), 2)}
 
     def reset_failed(self, job_id: str) -> bool:
         k = self._keys
@@ -190,23 +382,33 @@ class BatchState:
         self.touch()
         return bool(flag)
 
-    def count_attempt(self, job_id: str) -> int:
-        """Count one more delivery of a job; returns the count including this one."""
-        count = int(self._r.hincrby(self._keys["attempts"], job_id, 1))
-        self._r.expire(self._keys["attempts"], self._ttl)
-        return count
-
-    def mark_in_flight(self, job_id: str, message: dict[str, Any]) -> None:
-        """Note that a delivery of `job_id` started, with its message: until its outcome is
-        recorded, the reconciler can tell whether its message still exists, and record a
-        failure (retryable, with this message) when it does not."""
+    def start_delivery(
+        self, job_id: str, *, send_id: str | None, message: dict[str, Any]
+    ) -> Delivery:
+        """Count one start of a job's message (`send_id`: the send it came from; None for a
+        message without one, whose starts then count per job). Unless the job has an outcome
+        already, mark it in flight with `message`: until its outcome is recorded, the
+        reconciler can tell whether its message still exists, and record a failure
+        (retryable, with this message) when it does not."""
+        k = self._keys
         # ASCII escapes: a hostile message may hold lone surrogates, which Redis cannot encode.
         entry = json.dumps({"started_at": time.time(), "message": message})
-        pipe = self._r.pipeline(transaction=False)
-        pipe.hset(self._keys["inflight"], job_id, entry)
-        pipe.expire(self._keys["inflight"], self._ttl)
-        pipe.sadd(IN_FLIGHT_BATCHES, self.batch_id)
-        pipe.execute()
+        reply = self._r.eval(
+            _START,
+            5,
+            k["starts"],
+            k["attempts"],
+            k["results"],
+            k["inflight"],
+            IN_FLIGHT_BATCHES,
+            job_id,
+            send_id or "",
+            self._ttl,
+            entry,
+            self.batch_id,
+        )
+        recorded = json.loads(reply[2]) if len(reply) > 2 else None
+        return Delivery(starts=int(reply[0]), deliveries=int(reply[1]), recorded=recorded)
 
     def in_flight(self) -> dict[str, InFlight]:
         """Jobs started and not recorded: job id -> when the last delivery started, its message."""

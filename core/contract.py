@@ -153,10 +153,17 @@ def task_id_for(batch_id: str, job_key: str) -> str:
     return str(uuid.uuid5(_TASK_ID_NAMESPACE, f"{batch_id}\x00{job_key}"))
 
 
+def new_send_id() -> str:
+    """A fresh id for one send of a job. Every message a producer sends gets its own; a
+    redelivery of that message, or Celery's retry of it, keeps it. So the worker can tell a
+    start that repeats a lost one from a second message of the same job (a duplicate)."""
+    return uuid.uuid4().hex
+
+
 def build_message(
     *, job_id: str, batch_id: str, spec: JobSpec, enqueued_at: float
 ) -> dict[str, Any]:
-    """The task's single JSON argument."""
+    """The task's single JSON argument, with a fresh send id."""
     return {
         "v": SCHEMA_VERSION,
         "job_id": job_id,
@@ -166,7 +173,13 @@ def build_message(
         "lang": spec.lang,
         "format": spec.fmt,
         "enqueued_at": enqueued_at,
+        "send_id": new_send_id(),
     }
+
+
+def resend(message: dict[str, Any], *, enqueued_at: float) -> dict[str, Any]:
+    """A stored message made ready to be sent again (`tts-batch retry`): a new send id."""
+    return {**message, "enqueued_at": enqueued_at, "send_id": new_send_id()}
 
 
 @dataclass(frozen=True)
@@ -177,6 +190,9 @@ class JobMessage:
     batch_id: str
     spec: JobSpec
     enqueued_at: float | None
+    # The send this message came from (core.contract.new_send_id); None in a message from a
+    # producer that predates send ids.
+    send_id: str | None = None
 
 
 def parse_message(
@@ -196,12 +212,16 @@ def parse_message(
         )
     job_id = validate_row_id(message.get("job_id"), field="job_id")
     batch_id = validate_row_id(message.get("batch_id"), field="batch_id")
+    send_id = message.get("send_id")
+    if send_id is not None:
+        send_id = validate_row_id(send_id, field="send_id")
     spec = validate_spec(message, speakers=speakers, max_chars=max_chars)
     return JobMessage(
         job_id=job_id,
         batch_id=batch_id,
         spec=spec,
         enqueued_at=_timestamp(message.get("enqueued_at")),
+        send_id=send_id,
     )
 
 

@@ -39,6 +39,8 @@ __all__ = [
 ]
 
 # The fixed set of `tts_errors_total{reason}` values and failure reasons in results.
+# duplicate_message is an event only, never a failure: a second message of a job that already
+# has its outcome (a producer killed mid-send, resubmitted), dropped unrun.
 ERROR_REASONS = (
     "invalid_text",
     "text_too_long",
@@ -50,6 +52,7 @@ ERROR_REASONS = (
     "storage_auth",
     "timeout",
     "worker_lost",
+    "duplicate_message",
 )
 
 

@@ -94,6 +94,10 @@ class Settings:
     # A job synthesizing a content key holds a lease this long, renewed while it works; a job
     # with the same key waits for the object instead of synthesizing it twice.
     lease_seconds: float = 30.0
+    # A producer claims each job before sending it and keeps its claims alive this long,
+    # renewed while it sends; the claims of a producer that died are taken over by a
+    # resubmission once this has passed (core.batch_state.BatchState.claim_sends).
+    send_lease_seconds: float = 30.0
     # 0 derives the broker's visibility timeout from the time limits (core.delivery); fault
     # tests set a short one.
     visibility_timeout: int = 0

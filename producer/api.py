@@ -19,12 +19,13 @@ from typing import Any
 
 import redis
 
-from core.batch_state import BatchState, Progress
+from core.batch_state import DONE, IN_FLIGHT, RETRIED, TAKEN_OVER, BatchState, Progress
 from core.contract import (
     BATCH_ID_PATTERN,
     SUCCESS_STATUSES,
     JobSpec,
     build_message,
+    resend,
     task_id_for,
     validate_row_id,
     validate_spec,
@@ -33,6 +34,7 @@ from core.errors import InvalidBatch, InvalidJob
 from core.redis_conn import connect
 from core.settings import Settings
 from producer.rows import Row, read_rows
+from producer.send_lease import SendLease
 from producer.sender import JobSender, client_app
 
 # Called with (rows enqueued so far, rows to enqueue) while a submission is sent.
@@ -103,6 +105,8 @@ class SubmitReport:
     jobs_already_done: int = 0
     jobs_in_flight: int = 0
     jobs_retried: int = 0
+    # Sent again because the producer that claimed them died before confirming its send.
+    jobs_taken_over: int = 0
     rejected: list[InvalidJob] = field(default_factory=list)
     rejected_count: int = 0
 
@@ -216,7 +220,10 @@ class Producer:
         """Validate every row, then enqueue. Any invalid row refuses the whole batch
         (InvalidBatch naming each row and field) unless `skip_invalid`, which reports them in
         `handle.report.rejected`. Resubmitting with the same `batch_id` enqueues only rows
-        whose jobs are not done or in flight (failed ones run again)."""
+        whose jobs are not done or in flight (failed ones run again). Each job is sent once
+        even by producers submitting the same batch at once: the send is claimed first, and
+        the claims of a producer that died mid-send are taken over (and sent) by a
+        resubmission once its lease (`send_lease_seconds`) has lapsed."""
         materialized = [(index, dict(row)) for index, row in enumerate(rows, start=1)]
         return self._submit(
             lambda: iter(materialized), batch_id=batch_id, skip_invalid=skip_invalid
@@ -266,22 +273,26 @@ class Producer:
         state.create()
         chunk: list[tuple[str, JobSpec]] = []
         total, done = report.rows - report.rejected_count, 0
-        for line, fields in open_rows():
-            if line in bad_lines or isinstance(fields, InvalidJob):
-                continue
-            chunk.append((str(fields["id"]), self._spec(fields, line)))
-            if len(chunk) >= _CHUNK:
-                self._enqueue_chunk(state, chunk, report)
-                done += len(chunk)
-                chunk = []
+        with self._lease(state) as lease:
+            for line, fields in open_rows():
+                if line in bad_lines or isinstance(fields, InvalidJob):
+                    continue
+                chunk.append((str(fields["id"]), self._spec(fields, line)))
+                if len(chunk) >= _CHUNK:
+                    self._enqueue_chunk(state, chunk, report, lease=lease)
+                    done += len(chunk)
+                    chunk = []
+                    if on_enqueued is not None:
+                        on_enqueued(done, total)
+            if chunk:
+                self._enqueue_chunk(state, chunk, report, lease=lease)
                 if on_enqueued is not None:
-                    on_enqueued(done, total)
-        if chunk:
-            self._enqueue_chunk(state, chunk, report)
-            if on_enqueued is not None:
-                on_enqueued(done + len(chunk), total)
+                    on_enqueued(done + len(chunk), total)
         state.touch()
         return BatchHandle(state, report)
+
+    def _lease(self, state: BatchState) -> SendLease:
+        return SendLease(state, lease_seconds=self.settings.send_lease_seconds)
 
     def _spec(self, fields: Mapping[str, Any], line: int) -> JobSpec:
         return validate_spec(
@@ -314,7 +325,12 @@ class Producer:
         return bad_lines
 
     def _enqueue_chunk(
-        self, state: BatchState, chunk: list[tuple[str, JobSpec]], report: SubmitReport
+        self,
+        state: BatchState,
+        chunk: list[tuple[str, JobSpec]],
+        report: SubmitReport,
+        *,
+        lease: SendLease,
     ) -> None:
         # Rows with the same request share one job (and so one synthesis).
         job_of = {fp: task_id_for(state.batch_id, fp) for fp in {s.fingerprint() for _, s in chunk}}
@@ -322,43 +338,70 @@ class Producer:
         report.new_rows += sum(state.add_rows(pairs))
         specs = {job_of[spec.fingerprint()]: spec for _, spec in chunk}
         job_ids = list(specs)
+        codes = state.claim_sends(job_ids, sender=lease.sender, lease_seconds=lease.lease_seconds)
         to_send = []
-        for job_id, (sent, status) in zip(job_ids, state.job_states(job_ids), strict=True):
-            if status in SUCCESS_STATUSES:
+        for job_id, code in zip(job_ids, codes, strict=True):
+            if code == DONE:
                 report.jobs_already_done += 1
-            elif status == "failed":
-                if state.reset_failed(job_id):
-                    report.jobs_retried += 1
-                    to_send.append(job_id)
-            elif sent:
+            elif code == IN_FLIGHT:
                 report.jobs_in_flight += 1
             else:
                 to_send.append(job_id)
+                if code == RETRIED:
+                    report.jobs_retried += 1
+                elif code == TAKEN_OVER:
+                    report.jobs_taken_over += 1
         now = time.time()
         messages = [
             build_message(job_id=j, batch_id=state.batch_id, spec=specs[j], enqueued_at=now)
             for j in to_send
         ]
-        self._sender.send(messages)
-        state.mark_sent(to_send)
+        self._send_claimed(state, messages, lease=lease)
         report.jobs_sent += len(messages)
 
+    def _send_claimed(
+        self, state: BatchState, messages: list[dict[str, Any]], *, lease: SendLease
+    ) -> None:
+        """Send messages whose jobs `lease` claimed, then confirm them. A send that fails
+        (or is interrupted) releases the claims, so that a resubmission sends the jobs; any it
+        did send before failing become duplicates, which workers drop."""
+        job_ids = [m["job_id"] for m in messages]
+        try:
+            self._sender.send(messages)
+        except BaseException:
+            state.release_sends(job_ids, sender=lease.sender)
+            raise
+        state.confirm_sends(job_ids, sender=lease.sender)
+
     def retry_failed(self, batch_id: str) -> int:
-        """Enqueue again every failed job of a batch; returns how many."""
+        """Enqueue again every failed job of a batch; returns how many. Claimed like a
+        submission's sends, so two retries at once (or a retry and a resubmission) send each
+        job once."""
         state = self._state(batch_id)
         if not state.exists():
             raise InvalidBatch(f"no batch {batch_id!r} (expired or never submitted)")
-        messages = []
-        now = time.time()
-        for job_id, record in state.failed_jobs():
-            message = record.get("message")
-            if not isinstance(message, dict) or not state.reset_failed(job_id):
-                continue
-            message = {**message, "enqueued_at": now}
-            messages.append(message)
-        self._sender.send(messages)
-        state.mark_sent([m["job_id"] for m in messages])
-        return len(messages)
+        stored = {
+            job_id: record["message"]
+            for job_id, record in state.failed_jobs()
+            if isinstance(record.get("message"), dict)
+        }
+        job_ids = list(stored)
+        sent = 0
+        with self._lease(state) as lease:
+            for start in range(0, len(job_ids), _CHUNK):
+                chunk = job_ids[start : start + _CHUNK]
+                codes = state.claim_sends(
+                    chunk, sender=lease.sender, lease_seconds=lease.lease_seconds
+                )
+                now = time.time()
+                messages = [
+                    resend(stored[job_id], enqueued_at=now)
+                    for job_id, code in zip(chunk, codes, strict=True)
+                    if code not in (DONE, IN_FLIGHT)
+                ]
+                self._send_claimed(state, messages, lease=lease)
+                sent += len(messages)
+        return sent
 
 
 def _summary(report: SubmitReport) -> str:

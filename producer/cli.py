@@ -220,6 +220,11 @@ def _cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     report = handle.report
     print(
         f"batch {handle.batch_id}: {report.rows} rows, {report.jobs_sent} jobs enqueued"
+        + (
+            f" ({report.jobs_taken_over} from a producer that died mid-send)"
+            if report.jobs_taken_over
+            else ""
+        )
         + (f", {report.jobs_already_done} already done" if report.jobs_already_done else "")
         + (f", {report.jobs_in_flight} already queued" if report.jobs_in_flight else "")
         + (f", {report.rejected_count} rows rejected" if report.rejected_count else ""),

@@ -7,10 +7,12 @@ import pytest
 from core.contract import (
     SCHEMA_VERSION,
     JobSpec,
+    build_message,
     content_key,
     normalize_text,
     object_key,
     parse_message,
+    resend,
     task_id_for,
     validate_row_id,
     validate_spec,
@@ -129,8 +131,28 @@ def test_parse_message_ignores_unknown_fields() -> None:
         message(job_id="../x"),
         message(batch_id=None),
         message(text=None),
+        message(send_id=""),
+        message(send_id=7),
+        message(send_id="x" * 129),
     ],
 )
 def test_parse_message_rejects(bad: object) -> None:
     with pytest.raises(InvalidJob):
         parse_message(bad, speakers=SPEAKERS, max_chars=500)
+
+
+def test_every_send_has_its_own_send_id_and_the_worker_reads_it() -> None:
+    first = build_message(job_id="j1", batch_id="b1", spec=spec(), enqueued_at=1.0)
+    second = build_message(job_id="j1", batch_id="b1", spec=spec(), enqueued_at=1.0)
+    assert first["send_id"] != second["send_id"]
+    parsed = parse_message(first, speakers=SPEAKERS, max_chars=500)
+    assert parsed.send_id == first["send_id"]
+    # A message from a producer without send ids is still accepted.
+    assert parse_message(message(), speakers=SPEAKERS, max_chars=500).send_id is None
+    again = resend(first, enqueued_at=2.0)
+    assert again["send_id"] not in (first["send_id"], second["send_id"])
+    assert {**again, "send_id": None, "enqueued_at": None} == {
+        **first,
+        "send_id": None,
+        "enqueued_at": None,
+    }

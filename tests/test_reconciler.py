@@ -45,7 +45,9 @@ def start_job(recorder: ParentRecorder) -> BatchState:
     state = recorder.batch("b1")
     state.create()
     state.add_rows([("r1", JOB)])
-    state.mark_in_flight(JOB, {"job_id": JOB, "batch_id": "b1", "text": "hello"})
+    state.start_delivery(
+        JOB, send_id="s1", message={"job_id": JOB, "batch_id": "b1", "text": "hello"}
+    )
     return state
 
 

@@ -160,16 +160,21 @@ def _run(
     except InvalidJob as exc:
         _fail(ctx, message, reason=exc.reason, error=str(exc), attempts=attempt)
         raise
-    deliveries = ctx.batch(job.batch_id).count_attempt(job.job_id)
-    # Until its outcome is recorded, the reconciler can see whether its message still exists.
-    ctx.batch(job.batch_id).mark_in_flight(job.job_id, message)
-    # Starts that neither finished nor scheduled a retry: the process running them was lost.
-    lost = deliveries - 1 - retries
+    delivery = ctx.batch(job.batch_id).start_delivery(
+        job.job_id, send_id=job.send_id, message=message
+    )
+    # Starts of this same message (its send id) that neither finished nor scheduled a retry:
+    # the process running them was lost. Another message of the job is no loss.
+    lost = delivery.starts - 1 - retries
     if lost > 0:
         ctx.metrics.error("worker_lost")
+    if delivery.recorded is not None:
+        return _drop_duplicate(ctx, delivery.recorded, lost=lost)
     if lost > ctx.settings.max_redeliveries:
         error = f"the job was lost with its worker process {lost} times"
-        record_failure(ctx, message, reason="worker_lost", error=error, attempts=deliveries)
+        record_failure(
+            ctx, message, reason="worker_lost", error=error, attempts=delivery.deliveries
+        )
         raise WorkerLost(error)
     if retries == 0 and job.enqueued_at:
         ctx.metrics.queue_wait.observe(max(time.time() - job.enqueued_at, 0.0))
@@ -186,6 +191,17 @@ def _run(
         raise JobTimeout(error) from None
     except TransientError as exc:
         return _retry_or_dead_letter(task, ctx, message, exc, retries=retries)
+
+
+def _drop_duplicate(ctx: WorkerContext, recorded: dict[str, Any], *, lost: int) -> dict[str, Any]:
+    """A message of a job whose outcome is recorded already: nothing is run again. A second
+    message (two sends of one job) counts as duplicate_message; a redelivery of the message
+    that recorded it (its process lost before the ack) was counted as worker_lost."""
+    if lost <= 0:
+        ctx.metrics.error("duplicate_message")
+    log.info("job %s has its outcome already: message dropped", recorded.get("job_id"))
+    # The stored message (failures keep it, for `retry`) holds the text: not for the result.
+    return {key: value for key, value in recorded.items() if key != "message"}
 
 
 def _retry_or_dead_letter(

@@ -10,10 +10,10 @@ OOM killer), the job is in one of three places until its outcome is recorded:
   messages come back after the visibility timeout, or at once with `tts-batch recover`),
 - or nowhere: then nothing will ever run it again, and the reconciler records its end.
 
-A job counts as started when its delivery marked it in flight (`BatchState.mark_in_flight`,
+A job counts as started when its delivery marked it in flight (`BatchState.start_delivery`,
 which also indexes its batch); its record removes the mark. A job is recorded only when two
-looks, most of an interval apart, found it missing with the same delivery: a message moves between
-the queue and the unacked set (or is re-published by a retry) within milliseconds, never for
+looks, most of an interval apart, found it missing with the same delivery: a message moves
+between the queue and the unacked set (or is re-published by a retry) within milliseconds, never for
 a whole interval. One node looks at a time (a Redis lock that lapses).
 """
 
