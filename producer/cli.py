@@ -1,9 +1,10 @@
 """The `tts-batch` command line.
 
-Exit codes: 0 all good; 1 some jobs failed (or are still pending), or a service (broker, S3,
-Prometheus) could not be reached; 2 usage, input, settings or local-stack error; 130
-interrupted. Every error ends in one line on stderr (`exit_code` maps each kind), never a
-traceback.
+Exit codes: 0 all good; 1 some jobs failed (or are still pending), objects are missing from
+the bucket (`fetch`, `verify`; `verify --repair` exits 0 once every missing one is enqueued
+again), or a service (broker, S3, Prometheus) could not be reached; 2 usage, input, settings or
+local-stack error; 130 interrupted. Every error ends in one line on stderr (`exit_code` maps
+each kind), never a traceback.
 Every option that names a service is read from the TTS_* environment (see core.settings);
 subcommands that need the worker side import it only when run.
 """
