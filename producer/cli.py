@@ -336,9 +336,9 @@ def _cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
         )
     if args.repair and report.unrepaired:
         print(
-            f"{report.unrepaired} missing rows not enqueued: recorded without their message, "
-            "or recorded anew meanwhile (run verify again); submitting their rows under a new "
-            "batch id makes their objects again",
+            f"{report.unrepaired} missing rows not enqueued: recorded without their message "
+            "(submitting those rows under a new batch id makes their objects again), or changed "
+            "since verify read them (run verify again)",
             file=sys.stderr,
         )
     # Exit 0 when nothing is missing, or when --repair enqueued every missing row again.

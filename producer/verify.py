@@ -100,7 +100,8 @@ def find_vanished(
     # Jobs found missing in this run, with whether they were enqueued again: a later row of the
     # same job is reported alike (its record may be gone already, forgotten by the repair).
     found: dict[str, tuple[Vanished, bool]] = {}
-    with ThreadPoolExecutor(max_workers=HEAD_THREADS, thread_name_prefix="verify") as pool:
+    pool = ThreadPoolExecutor(max_workers=HEAD_THREADS, thread_name_prefix="verify")
+    try:
         rows: list[tuple[str, str, str | None]] = []
         for row in state.iter_raw_rows(chunk):
             rows.append(row)
@@ -109,6 +110,10 @@ def find_vanished(
                 rows = []
         if rows:
             _check_chunk(rows, store, pool, found, report, repair, on_missing)
+    finally:
+        # On a storage error, the lookups not yet started are dropped, not waited for (each
+        # could wait out its timeouts against an S3 that does not answer).
+        pool.shutdown(wait=True, cancel_futures=True)
     return report
 
 

@@ -10,10 +10,12 @@ it ended, a cached row and two rows sharing one job among them. Each test prints
 from __future__ import annotations
 
 import json
+import socket
 import time
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -209,6 +211,23 @@ def test_repair_enqueues_from_the_kept_message_and_leaves_a_record_without_one(
     assert _counts(state) == {"succeeded": 1}
     with pytest.raises(InvalidBatch, match="no batch"):
         Producer(settings).verify("never-made", store=_Bucket(set()))  # type: ignore[arg-type]
+
+
+def test_verify_with_s3_unreachable_is_one_line_and_exit_1(settings: Settings) -> None:
+    state = _state(settings, "no-s3")
+    state.create()
+    state.add_rows([(f"r{i}", f"j{i}") for i in range(50)])
+    for i in range(50):
+        _succeed(state, f"j{i}")
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    away = replace(settings, s3_endpoint=f"http://127.0.0.1:{port}")
+    proc = run_cli(away, "verify", "no-s3", timeout=60)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stdout == ""  # nothing reported missing: unknown is not missing
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("tts-batch: error: S3 endpoint unreachable")
 
 
 # -- the whole scenario on real workers and S3 -----------------------------------------------
