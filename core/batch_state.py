@@ -10,7 +10,8 @@ Keys (all expire `batch_ttl_seconds` after the last write):
                                 the time its send was confirmed (see `claim_sends`)
   tts:batch:{b}:senders  hash   sender id -> Redis time until which that producer's claims
                                 are alive (renewed while it sends)
-  tts:batch:{b}:results  hash   job id -> result JSON, written once per job
+  tts:batch:{b}:results  hash   job id -> result JSON, written once per job (forgotten only
+                                to run the job again: a retried failure, a vanished object)
   tts:batch:{b}:counts   hash   succeeded / cached / failed -> rows
   tts:batch:{b}:attempts hash   job id -> deliveries started
   tts:batch:{b}:starts   hash   job id -> JSON {send id: starts of that message}, since the
@@ -254,6 +255,26 @@ class InFlight:
     message: Any
 
 
+# KEYS: results, counts, weight, sent, attempts. ARGV: job id, the result JSON as read.
+# Forgets a succeeded or cached job's outcome (its object has vanished) so that it can run
+# again, but only if the stored result is still exactly the one the caller read: a result
+# recorded in between (a repair already run, by another verify) is kept. Moves the job's rows
+# out of their count, and forgets its sending and deliveries as _RESET_FAILED does.
+# Returns 1 when it forgot, 0 when the result had changed or is not a success.
+_FORGET_SUCCEEDED = """
+local done = redis.call('HGET', KEYS[1], ARGV[1])
+if done ~= ARGV[2] then return 0 end
+local status = cjson.decode(done)['status']
+if status ~= 'succeeded' and status ~= 'cached' then return 0 end
+local w = tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '1')
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[4], ARGV[1])
+redis.call('HDEL', KEYS[5], ARGV[1])
+redis.call('HINCRBY', KEYS[2], status, -w)
+return 1
+"""
+
+
 @dataclass(frozen=True)
 class Progress:
     """Rows of a batch by state. `succeeded` includes `cached`."""
@@ -365,6 +386,23 @@ class BatchState:
         )
         return bool(flag)
 
+    def forget_succeeded(self, job_id: str, seen: str) -> bool:
+        """Forget a succeeded or cached job's result if it is still `seen` (the raw JSON read
+        by `iter_raw_rows`), so that the job can be enqueued again; True if it did."""
+        k = self._keys
+        flag = self._r.eval(
+            _FORGET_SUCCEEDED,
+            5,
+            k["results"],
+            k["counts"],
+            k["weight"],
+            k["sent"],
+            k["attempts"],
+            job_id,
+            seen,
+        )
+        return bool(flag)
+
     def record(self, job_id: str, result: dict[str, Any]) -> bool:
         """Store a job's terminal result once; True if this call was the first."""
         k = self._keys
@@ -438,6 +476,11 @@ class BatchState:
 
     def iter_rows(self, chunk: int = 1000) -> Iterator[tuple[str, str, dict[str, Any] | None]]:
         """(row id, job id, result or None) in submission order, read in chunks."""
+        for row_id, job_id, raw in self.iter_raw_rows(chunk):
+            yield row_id, job_id, json.loads(raw) if raw is not None else None
+
+    def iter_raw_rows(self, chunk: int = 1000) -> Iterator[tuple[str, str, str | None]]:
+        """(row id, job id, result JSON as stored or None) in submission order, in chunks."""
         start = 0
         while True:
             end = start + chunk - 1
@@ -447,7 +490,7 @@ class BatchState:
             job_ids = [_text(j) for j in self._r.hmget(self._keys["rows"], row_ids)]
             raws = self._r.hmget(self._keys["results"], job_ids)
             for row_id, job_id, raw in zip(row_ids, job_ids, raws, strict=True):
-                yield row_id, job_id, json.loads(raw) if raw is not None else None
+                yield row_id, job_id, _text(raw) if raw is not None else None
             start += chunk
 
     def failed_jobs(self) -> list[tuple[str, dict[str, Any]]]:

@@ -14,6 +14,8 @@ TTSError
 │   └── StorageAuthError   S3 refused the credentials (storage_auth); also a ConfigError
 ├── TransientError         may pass: the task retries it with backoff
 │   └── StorageError       the S3 server did not answer or refused an operation
+├── ObjectMissing          an object a succeeded row names is not in the bucket (it vanished:
+│                          `tts-batch verify --repair` makes it again)
 ├── StackError             a local-stack service could not be started, found or stopped
 └── DashboardError         the dashboard PNG cannot be drawn
 """
@@ -28,6 +30,7 @@ __all__ = [
     "InvalidBatch",
     "InvalidJob",
     "JobTimeout",
+    "ObjectMissing",
     "PermanentError",
     "RetriesExhausted",
     "StackError",
@@ -162,6 +165,15 @@ class TransientError(TTSError):
 
 class StorageError(TransientError):
     """The S3 server did not answer or refused an operation."""
+
+
+class ObjectMissing(TTSError):
+    """An object a succeeded row names is not in the bucket (deleted by hand, a lifecycle rule).
+    Not transient: it stays missing until the job runs again (`tts-batch verify --repair`)."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        super().__init__(f"{key} is not in the bucket")
 
 
 class StackError(TTSError):

@@ -16,7 +16,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from core.errors import ConfigError, StorageAuthError, StorageError
+from core.errors import ConfigError, ObjectMissing, StorageAuthError, StorageError
 from core.settings import Settings
 
 CONTENT_TYPES = {"wav": "audio/wav", "flac": "audio/flac", "ogg": "audio/ogg"}
@@ -128,11 +128,14 @@ class AudioStore:
             raise StorageError(f"upload of {key} failed: {exc}") from exc
 
     def get(self, key: str) -> bytes:
+        """The object's bytes; ObjectMissing when it does not exist."""
         try:
             response = self._client.get_object(Bucket=self.bucket, Key=key)
             return bytes(response["Body"].read())
         except ClientError as exc:
             _raise_if_auth(exc, f"download of {key}")
+            if _status(exc) == 404:
+                raise ObjectMissing(key) from exc
             raise StorageError(f"download of {key} failed: {exc}") from exc
         except BotoCoreError as exc:
             raise StorageError(f"download of {key} failed: {exc}") from exc

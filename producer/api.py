@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 
@@ -36,6 +36,10 @@ from core.settings import Settings
 from producer.rows import Row, read_rows
 from producer.send_lease import SendLease
 from producer.sender import JobSender, client_app
+from producer.verify import MissingRow, Vanished, VerifyReport, find_vanished
+
+if TYPE_CHECKING:
+    from core.storage import AudioStore
 
 # Called with (rows enqueued so far, rows to enqueue) while a submission is sent.
 EnqueueProgress = Callable[[int, int], None]
@@ -385,8 +389,52 @@ class Producer:
             for job_id, record in state.failed_jobs()
             if isinstance(record.get("message"), dict)
         }
+        return len(self._send_again(state, stored))
+
+    def verify(
+        self,
+        batch_id: str,
+        *,
+        repair: bool = False,
+        on_missing: Callable[[MissingRow], None] | None = None,
+        store: AudioStore | None = None,
+    ) -> VerifyReport:
+        """Check that the object of every succeeded or cached row of a batch is still in the
+        bucket; `on_missing` is called with each row whose object is not. With `repair`, each
+        missing job is enqueued again (synthesized anew; its rows are pending until the new
+        result is recorded)."""
+        state = self._state(batch_id)
+        if not state.exists():
+            raise InvalidBatch(f"no batch {batch_id!r} (expired or never submitted)")
+        if store is None:
+            from core.storage import AudioStore  # boto3: only for the commands that need S3
+
+            store = AudioStore.from_settings(self.settings)
+
+        def requeue(vanished: Sequence[Vanished]) -> set[str]:
+            return self._requeue_vanished(state, vanished)
+
+        return find_vanished(
+            state, store, repair=requeue if repair else None, on_missing=on_missing
+        )
+
+    def _requeue_vanished(self, state: BatchState, vanished: Sequence[Vanished]) -> set[str]:
+        """Forget each vanished job's success (only if it is still the one verify read) and
+        enqueue it again from the message its record kept; returns the job ids enqueued.
+        A record without a message (written before records kept it) is left as it is."""
+        stored = {
+            v.job_id: v.message
+            for v in vanished
+            if v.message is not None and state.forget_succeeded(v.job_id, v.raw)
+        }
+        return self._send_again(state, stored)
+
+    def _send_again(self, state: BatchState, stored: Mapping[str, dict[str, Any]]) -> set[str]:
+        """Enqueue again jobs of a batch whose records were just forgotten, from their stored
+        messages (a new send id each), claimed like a submission's sends so that a concurrent
+        retry or resubmission sends each once; returns the job ids sent."""
         job_ids = list(stored)
-        sent = 0
+        sent: set[str] = set()
         with self._lease(state) as lease:
             for start in range(0, len(job_ids), _CHUNK):
                 chunk = job_ids[start : start + _CHUNK]
@@ -400,7 +448,7 @@ class Producer:
                     if code not in (DONE, IN_FLIGHT)
                 ]
                 self._send_claimed(state, messages, lease=lease)
-                sent += len(messages)
+                sent.update(str(m["job_id"]) for m in messages)
         return sent
 
 

@@ -1,10 +1,11 @@
 """The `tts-batch` command line.
 
-Exit codes: 0 all good; 1 some jobs failed (or are still pending), or a service (broker, S3,
-Prometheus) could not be reached; 2 usage, input, settings or local-stack error, or credentials
-that Redis or S3 refused; 130 interrupted. (`tts-batch worker` becomes Celery: its own codes are
-core.exit_codes.) Every error ends in one line on stderr (`exit_code` maps each kind), never a
-traceback.
+Exit codes: 0 all good; 1 some jobs failed (or are still pending), objects are missing from
+the bucket (`fetch`, `verify`; `verify --repair` exits 0 once every missing one is enqueued
+again), or a service (broker, S3, Prometheus) could not be reached; 2 usage, input, settings or
+local-stack error, or credentials that Redis or S3 refused; 130 interrupted. (`tts-batch worker`
+becomes Celery: its own codes are core.exit_codes.) Every error ends in one line on stderr
+(`exit_code` maps each kind), never a traceback.
 Every option that names a service is read from the TTS_* environment (see core.settings);
 subcommands that need the worker side import it only when run.
 """
@@ -106,6 +107,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("batch_id")
     p.add_argument("--to", type=Path, required=True, help="folder to write into")
     p.set_defaults(run=_cmd_fetch)
+
+    p = sub.add_parser(
+        "verify", help="check that every succeeded row's object is still in the bucket"
+    )
+    p.add_argument("batch_id")
+    p.add_argument(
+        "--repair", action="store_true", help="enqueue the jobs of missing objects again"
+    )
+    p.set_defaults(run=_cmd_verify)
 
     p = sub.add_parser("failed", help="list a batch's failed jobs (dead letters)")
     p.add_argument("batch_id")
@@ -326,25 +336,64 @@ def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_fetch(args: argparse.Namespace, settings: Settings) -> int:
+    from core.errors import ObjectMissing
     from core.storage import AudioStore
 
     handle = _producer(settings).batch(args.batch_id)
     store = AudioStore.from_settings(settings)
     args.to.mkdir(parents=True, exist_ok=True)
-    written = missing = 0
+    written = no_audio = vanished = 0
     for result in handle.results():
         if not result.ok or result.key is None:
-            missing += 1
+            no_audio += 1
             continue
         extension = result.key.rsplit(".", 1)[-1]
         # Row ids match [A-Za-z0-9._-]{1,128}: safe as file names (never '..' alone).
         name = result.row_id if result.row_id not in (".", "..") else f"_{result.row_id}"
-        store.download(result.key, args.to / f"{name}.{extension}")
+        try:
+            store.download(result.key, args.to / f"{name}.{extension}")
+        except ObjectMissing:
+            # Recorded as done, gone from the bucket: report it and fetch the rest.
+            vanished += 1
+            line = {"id": result.row_id, "job_id": result.job_id, "status": result.status}
+            print(json.dumps({**line, "key": result.key, "error": "object missing"}))
+            continue
         written += 1
-    print(f"{written} files in {args.to}" + (f"; {missing} rows have no audio" if missing else ""))
-    if written == 0 and missing == 0:
+    print(
+        f"{written} files in {args.to}"
+        + (f"; {no_audio} rows have no audio" if no_audio else "")
+        + (
+            f"; {vanished} objects missing (tts-batch verify {args.batch_id} --repair)"
+            if vanished
+            else ""
+        )
+    )
+    if written == 0 and no_audio == 0 and vanished == 0:
         raise InvalidBatch(f"no batch {args.batch_id!r} (expired or never submitted)")
-    return EXIT_FAILED if missing else EXIT_OK
+    return EXIT_FAILED if no_audio or vanished else EXIT_OK
+
+
+def _cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
+    def show(row: Any) -> None:
+        print(json.dumps(row.to_dict(), ensure_ascii=False), flush=True)
+
+    report = _producer(settings).verify(args.batch_id, repair=args.repair, on_missing=show)
+    print(report.summary(args.batch_id), file=sys.stderr)
+    if report.repaired:
+        print(
+            f"{report.jobs_enqueued} jobs enqueued again; their rows are pending until done "
+            f"(tts-batch status {args.batch_id})",
+            file=sys.stderr,
+        )
+    if args.repair and report.unrepaired:
+        print(
+            f"{report.unrepaired} missing rows not enqueued: recorded without their message "
+            "(submitting those rows under a new batch id makes their objects again), or changed "
+            "since verify read them (run verify again)",
+            file=sys.stderr,
+        )
+    # Exit 0 when nothing is missing, or when --repair enqueued every missing row again.
+    return EXIT_FAILED if report.unrepaired else EXIT_OK
 
 
 def _cmd_failed(args: argparse.Namespace, settings: Settings) -> int:

@@ -17,6 +17,7 @@ from core.errors import (
     EngineFailure,
     InvalidBatch,
     InvalidJob,
+    ObjectMissing,
     PermanentError,
     RetriesExhausted,
     StackError,
@@ -85,6 +86,7 @@ def test_unreachable_broker_is_one_line_and_exit_1(tmp_path: Path) -> None:
         (StackError("x"), EXIT_USAGE),
         (FileNotFoundError("x"), EXIT_USAGE),
         (StorageError("x"), EXIT_FAILED),
+        (ObjectMissing("audio/00/x.wav"), EXIT_FAILED),
         (DashboardError("x"), EXIT_FAILED),
         (RedisConnectionError("x"), EXIT_FAILED),
         (OperationalError("x"), EXIT_FAILED),
@@ -100,6 +102,8 @@ def test_error_tree() -> None:
     for cls in permanent:
         assert issubclass(cls, PermanentError)
     assert not issubclass(TransientError, PermanentError)
+    # A vanished object stays missing: neither retried as transient nor a job's failure.
+    assert not issubclass(ObjectMissing, TransientError | PermanentError)
     branches: tuple[type[Exception], ...] = (
         PermanentError,
         TransientError,

@@ -22,6 +22,7 @@ from core.batch_state import BatchState
 from core.contract import (
     ROW_ID_PATTERN,
     JobMessage,
+    build_message,
     content_key,
     object_key,
     parse_message,
@@ -165,7 +166,13 @@ def _record(
         "pid": os.getpid(),
         "attempts": attempt,
     }
-    first = ctx.batch(job.batch_id).record(job.job_id, result)
+    # The record keeps the message it ran from (as a failure's does), so that `tts-batch
+    # verify --repair` can enqueue the job again if its object vanishes; the returned result
+    # does not carry the text.
+    message = build_message(
+        job_id=job.job_id, batch_id=job.batch_id, spec=job.spec, enqueued_at=job.enqueued_at or 0.0
+    )
+    first = ctx.batch(job.batch_id).record(job.job_id, {**result, "message": message})
     # A redelivered job whose first run already recorded an outcome is not counted again.
     if first:
         ctx.metrics.outcome(status)
