@@ -1,11 +1,10 @@
-"""Per-process metrics and the background pusher that sends them to the Pushgateway.
+"""The worker's metrics and the background pusher that sends them to the Pushgateway.
 
-Each worker process owns one registry whose counters are cumulative for the life of the
-process, and pushes the whole registry (PUT) under {job, worker, process}: processes never
-overwrite each other, and rate() sees counters that only grow. Pushing happens on a thread of
-its own, coalesced, so a slow or absent Pushgateway never delays or fails a task. A batched
-node is one process: its task threads and its parent's duties share one registry and one pusher
-(two registries PUT under one {worker, process} group would overwrite each other).
+Each process of a worker node has one `WorkerMetrics`. In a node (worker/node_metrics.py) their
+values live in per-process files, and the node's parent pushes their sum, the whole registry
+(PUT), under {job="tts_worker", worker=<node>}: one group per node, counters that only grow,
+whichever processes came and went. Pushing happens on a thread of its own, so a slow or absent
+Pushgateway never delays or fails a task.
 """
 
 from __future__ import annotations
@@ -21,6 +20,7 @@ from prometheus_client.exposition import delete_from_gateway, push_to_gateway
 
 from core.contract import PUSH_JOB, TASK_STATUSES
 from core.errors import ERROR_REASONS
+from worker import node_metrics
 
 if TYPE_CHECKING:
     from worker.synth import Synthesizer
@@ -84,14 +84,27 @@ class WorkerMetrics:
         self.characters = Counter(
             "tts_characters_total", "Characters of text synthesized.", ["engine"], registry=r
         )
+        # Gauges of a node: the highest over its live processes (a dead one's value goes).
         self.info = Gauge(
             "tts_worker_info",
-            "Always 1; the labels say which engine and model this process runs.",
+            "Always 1; the labels say which engine and model this node runs.",
             ["engine", "model", "version"],
             registry=r,
+            multiprocess_mode="livemax",
         )
         self.engine_load = Gauge(
-            "tts_engine_load_seconds", "Time the engine took to load.", registry=r
+            "tts_engine_load_seconds",
+            "Time the engine took to load.",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        # Set by the node's parent only: 1 while it runs, 0 once it stopped cleanly (its group
+        # then stays, with its final counts, and the staleness alert leaves it alone).
+        self.up = Gauge(
+            "tts_worker_up",
+            "1 while the worker node runs; 0 after a clean stop.",
+            registry=r,
+            multiprocess_mode="livemax",
         )
         # Fed by a batching engine's step observer (worker/synth.py), not by tasks.
         self.batch_size = Histogram(
@@ -152,10 +165,11 @@ class BackgroundPusher:
     """Pushes a registry to the Pushgateway from a daemon thread.
 
     `notify()` marks the registry changed; the thread pushes at most once per
-    `min_interval`, and at least every `heartbeat` seconds so that an idle but live process
-    keeps its `push_time_seconds` fresh. Failures are logged once per outage and retried;
-    nothing here ever raises into the caller. `close()` makes a final push, then deletes the
-    group.
+    `min_interval`, and at least every `heartbeat` seconds: a node's pool processes change its
+    counts without telling the parent, and an idle but live node keeps its
+    `push_time_seconds` fresh. `before_push` runs before each push (the node drops dead
+    processes' gauges there). Failures are logged once per outage and retried; nothing here
+    ever raises into the caller. `close()` makes a final push (and deletes the group if asked).
     """
 
     def __init__(
@@ -169,8 +183,10 @@ class BackgroundPusher:
         timeout: float = 5.0,
         push: PushFunc = push_to_gateway,
         delete: PushFunc = delete_from_gateway,
+        before_push: Callable[[], object] | None = None,
     ) -> None:
         self._registry = registry
+        self._before_push = before_push
         self._url = url
         self.grouping_key = dict(grouping_key)
         self._min_interval = min_interval
@@ -197,6 +213,8 @@ class BackgroundPusher:
         """One push, in the caller's thread; True when the Pushgateway took it."""
         with self._lock:
             try:
+                if self._before_push is not None:
+                    self._before_push()
                 self._push(
                     self._url,
                     job=PUSH_JOB,
@@ -216,8 +234,8 @@ class BackgroundPusher:
             self.pushes += 1
             return True
 
-    def close(self, *, delete: bool = True) -> None:
-        """Stop the thread, push what is left, then remove this process's group."""
+    def close(self, *, delete: bool = False) -> None:
+        """Stop the thread, push what is left; then remove the group if `delete`."""
         self._stop.set()
         self._wake.set()
         if self._thread.is_alive():
@@ -252,22 +270,56 @@ class BackgroundPusher:
                 self._wake.set()
 
 
-def grouping_key(worker: str, pid: int | None = None) -> dict[str, str]:
-    return {"worker": worker, "process": str(os.getpid() if pid is None else pid)}
+def grouping_key(worker: str) -> dict[str, str]:
+    """The Pushgateway group of a worker node (job="tts_worker" is the push's job)."""
+    return {"worker": worker}
 
 
-def start_metrics(
-    engine: Synthesizer, *, load_seconds: float, worker: str, pushgateway_url: str
-) -> tuple[WorkerMetrics, BackgroundPusher | None]:
-    """A process's metrics with the engine's info set, and its pusher (None when pushing is
-    off), started and asked for a first push: the one bootstrap of parent and pool processes."""
-    metrics = WorkerMetrics(engine=engine.name)
+_per_process: dict[int, WorkerMetrics] = {}
+_per_process_lock = threading.Lock()
+
+
+def node_process_metrics(engine_name: str) -> WorkerMetrics:
+    """This process's one WorkerMetrics in a worker node. In a node every value lives in the
+    process's files, so two instances in one process would overwrite each other's counts:
+    the parent's duties, the recorder of killed jobs and (batched mode) the task threads
+    share it. Outside a node (tests, benchmarks) each call makes a new, in-memory one."""
+    if node_metrics.enabled_dir() is None:
+        return WorkerMetrics(engine=engine_name)
+    with _per_process_lock:
+        metrics = _per_process.get(os.getpid())
+        if metrics is None:
+            _per_process.clear()  # a forked child does not share its parent's
+            metrics = _per_process[os.getpid()] = WorkerMetrics(engine=engine_name)
+        return metrics
+
+
+def process_metrics(engine: Synthesizer, *, load_seconds: float) -> WorkerMetrics:
+    """This process's metrics with the engine's info set."""
+    metrics = node_process_metrics(engine.name)
     version = str(getattr(engine, "version", engine.model_id))
     metrics.set_info(model=engine.model_id, version=version, load_seconds=load_seconds)
+    return metrics
+
+
+def start_pusher(
+    registry: CollectorRegistry,
+    *,
+    worker: str,
+    pushgateway_url: str,
+    heartbeat: float,
+    before_push: Callable[[], object] | None = None,
+) -> BackgroundPusher | None:
+    """The pusher of one worker node's group, started and asked for a first push (None when
+    pushing is off)."""
     if not pushgateway_url:
-        return metrics, None
+        return None
     pusher = BackgroundPusher(
-        metrics.registry, url=pushgateway_url, grouping_key=grouping_key(worker)
+        registry,
+        url=pushgateway_url,
+        grouping_key=grouping_key(worker),
+        heartbeat=heartbeat,
+        before_push=before_push,
     ).start()
     pusher.notify()
-    return metrics, pusher
+    return pusher

@@ -85,13 +85,8 @@ def test_panels_return_what_the_workers_did(stack: Any, settings: Settings, work
     assert sum(r.ok for r in results) == good
     assert {r.reason for r in results if not r.ok} == {"unknown_speaker"}
 
-    # The Pushgateway: each pool process has its own group; together they counted N jobs.
-    per_process = wait_for_task_counts(
-        settings.pushgateway_url, node.hostname, good + bad, timeout=30
-    )
-    busy = [pid for pid, count in per_process.items() if count > 0]
-    assert len(busy) == 2, f"both pool processes should have run jobs: {per_process}"
-    print(f"jobs per process: {per_process}")
+    # The Pushgateway: the node's one group counted N jobs (the sum of its pool processes).
+    wait_for_task_counts(settings.pushgateway_url, node.hostname, good + bad, timeout=30)
 
     # Prometheus has scraped the final counts, twice, before the window closes.
     total = f'sum(tts_tasks_total{{worker="{node.hostname}"}})'
