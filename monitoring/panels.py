@@ -107,8 +107,7 @@ PANELS: tuple[Panel, ...] = (
         (
             Query(
                 f"sum by (reason) (rate(tts_errors_total[{_R}]))"
-                f" / ignoring (reason) group_left sum(rate(tts_tasks_total[{_R}]))"
-                + _ENOUGH_JOBS,
+                f" / ignoring (reason) group_left sum(rate(tts_tasks_total[{_R}]))" + _ENOUGH_JOBS,
                 "{{reason}}",
             ),
         ),
