@@ -35,9 +35,11 @@ POINTS_PER_PANEL = 240
 DEFAULT_RATE_WINDOW = "1m"
 COLUMNS = 3
 MAX_LEGEND_ENTRIES = 8
-# Around the activity of a fitted range: a tenth of its length, and at least this many seconds
-# (the activity is found at the asked range's coarser step).
-FIT_MARGIN_S = 30.0
+# Around the activity of a fitted range: a tenth of its length, at least this many seconds, and at
+# least the step of the asked range's query (which found the activity to within one step).
+FIT_MARGIN_S = 10.0
+# A series with this few values is drawn with dots too: a lone point makes no line.
+SPARSE_POINTS = 3
 # Lines above the axes' frame (matplotlib's spines are at zorder 2.5): a value on the frame stays
 # visible.
 LINE_ZORDER = 3
@@ -151,10 +153,16 @@ def fitted_range(
         prometheus_url, activity_query(rate_window), start=start, end=end, step=_step(start, end)
     )
     times = [float(t) for item in result for t, _ in item.get("values", [])]
+    return fit_span(times, start=start, end=end)
+
+
+def fit_span(times: Sequence[float], *, start: float, end: float) -> tuple[float, float]:
+    """[first, last] of `times` widened by a tenth of its length on each side (at least
+    FIT_MARGIN_S, and the query step that found them), within [start, end]; all of [start, end]
+    when `times` is empty."""
     if not times:
         return start, end
     first, last = min(times), max(times)
-    # The step of that query hides up to one step of activity at each end.
     margin = max(FIT_MARGIN_S, 0.1 * (last - first), _step(start, end))
     return max(start, first - margin), min(end, last + margin)
 
@@ -278,7 +286,16 @@ def draw(
         shown = _visible(item.series)
         for series in shown:
             times = [datetime.fromtimestamp(t, tz=UTC) for t in series.times]
-            ax.plot(times, series.values, linewidth=1.5, label=series.label, zorder=LINE_ZORDER)
+            sparse = sum(not math.isnan(v) for v in series.values) <= SPARSE_POINTS
+            ax.plot(
+                times,
+                series.values,
+                linewidth=1.5,
+                label=series.label,
+                zorder=LINE_ZORDER,
+                marker="o" if sparse else None,
+                markersize=3,
+            )
         if not shown:
             ax.text(
                 0.5,
@@ -306,7 +323,8 @@ def draw(
     for ax in list(axes.flat)[len(data) :]:
         ax.set_visible(False)
     fig.suptitle(title, fontsize=13)
-    fig.tight_layout()
+    # Keep the top half inch for the title: tight_layout alone lets panel titles run into it.
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=90)
     plt.close(fig)
