@@ -210,7 +210,9 @@ def zero_note(prometheus_url: str, *, start: float, end: float) -> str:
     interval = scrape_interval(prometheus_url, QUEUE_JOB)
     if interval is not None:
         parts.append(f"read every {interval:g} s")
-    finished = _instant(prometheus_url, f"sum(increase(tts_tasks_total[{int(end - start)}s]))", end)
+    finished = _instant(
+        prometheus_url, f"sum(increase(tts_tasks_total[{max(1, int(end - start))}s]))", end
+    )
     if finished is not None and math.isfinite(finished) and round(finished) > 0:
         parts.append(f"yet about {round(finished)} jobs finished")
     return ", ".join(parts)
