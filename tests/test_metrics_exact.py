@@ -150,3 +150,21 @@ def test_counts_survive_killed_and_recycled_pool_processes_and_a_restarted_node(
         f"{pushed_before_restart:.0f}); restarted under its name: {total} counted"
     )
     assert up == {"": 1.0}
+
+
+def test_a_node_that_stops_cleanly_keeps_its_group_with_up_0(
+    settings: Settings, workers: Any
+) -> None:
+    node = workers.start(concurrency=2)
+    batch = submit(settings, texts(3, "Clean stop"), batch_id="clean-stop")
+    batch.wait(timeout=60)
+    wait_until(
+        lambda: node_samples(settings, "tts_worker_up", node.hostname) == {"": 1.0},
+        timeout=15,
+        what="the node up",
+    )
+    node.stop()
+    # The last push says the node stopped, and the group keeps its counts: a sum over groups
+    # does not drop when a node stops, and the staleness alert leaves it alone.
+    assert node_samples(settings, "tts_worker_up", node.hostname) == {"": 0.0}
+    assert tasks_by_worker(settings.pushgateway_url)[node.hostname] == 3
