@@ -55,7 +55,7 @@ def test_one_task_counts_what_a_new_job_counts() -> None:
     assert value("tts_inference_duration_seconds_count", {"engine": "fake"}) == 1
     assert value("tts_queue_wait_seconds_count") == 1
     assert value("tts_task_duration_seconds_count") == 1
-    assert value("tts_characters_total", {"engine": "fake"}) > 0
+    assert (value("tts_characters_total", {"engine": "fake"}) or 0) > 0
     assert asked == [1]
 
 
