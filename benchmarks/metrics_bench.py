@@ -61,7 +61,8 @@ class Plan:
     call_iterations: int
     call_repeats: int
     push_iterations: int
-    folder_processes: tuple[int, ...]
+    # Node folders to collect: (live processes, dead processes' files).
+    folders: tuple[tuple[int, int], ...]
 
 
 PLANS = {
@@ -74,7 +75,7 @@ PLANS = {
         call_iterations=5000,
         call_repeats=5,
         push_iterations=50,
-        folder_processes=(3, 9),
+        folders=((3, 0), (9, 0), (3, 100)),
     ),
     "full": Plan(
         engines=("fake", "espeak"),
@@ -84,7 +85,7 @@ PLANS = {
         call_iterations=20000,
         call_repeats=7,
         push_iterations=200,
-        folder_processes=(3, 9),
+        folders=((3, 0), (9, 0), (3, 100), (3, 1000)),
     ),
     # The test's: structure only.
     "smoke": Plan(
@@ -95,7 +96,7 @@ PLANS = {
         call_iterations=200,
         call_repeats=2,
         push_iterations=3,
-        folder_processes=(2,),
+        folders=((2, 0), (2, 2)),
     ),
 }
 
@@ -279,7 +280,17 @@ def engine_figures(
         "pool_cpu_ms_per_task_off": round(task_cpu_ms, 3),
         "parent_cpu_ms_per_task_on": round(_mean([p["parent_cpu_ms_per_task"] for p in on]), 3),
         "parent_cpu_ms_per_task_off": round(_mean([p["parent_cpu_ms_per_task"] for p in off]), 3),
+        # Parent and pool together: less moved by other work on the machine than tasks/s.
+        "node_cpu_ratio_on_off": _ratio(_node_cpu_ms(on), _node_cpu_ms(off)),
     }
+
+
+def _node_cpu_ms(phases: list[dict[str, Any]]) -> float:
+    return _mean([p["pool_cpu_ms_per_task"] + p["parent_cpu_ms_per_task"] for p in phases])
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return round(a / b, 3) if b else None
 
 
 def _round_or_none(value: float) -> float | None:
@@ -298,7 +309,8 @@ def format_table(report: dict[str, Any]) -> str:
     ]
     for push in report["collect_and_push"]:
         lines.append(
-            f"collect + push, {push['processes']} processes ({push['files']} files, "
+            f"collect + push, {push['processes']} live + {push['dead_processes']} dead "
+            f"processes ({push['files']} files, "
             f"{push['body_bytes']} B): collect {push['collect_ms']} ms, push {push['push_ms']} ms "
             f"CPU ({push['push_wall_ms']} ms wall) = {push['cpu_ms_per_second']} ms/s at one "
             f"push per {push['push_seconds']} s"
@@ -317,6 +329,7 @@ def format_table(report: dict[str, Any]) -> str:
         ("pool CPU ms/task on", "pool_cpu_ms_per_task_on"),
         ("parent CPU ms/task on", "parent_cpu_ms_per_task_on"),
         ("parent CPU ms/task off", "parent_cpu_ms_per_task_off"),
+        ("node CPU per task on / off", "node_cpu_ratio_on_off"),
     ]
     width = max(len(label) for label, _ in rows)
     lines.append(f"{'':{width}}  " + "  ".join(f"{e:>18}" for e in engines))
@@ -349,20 +362,21 @@ def run(plan: Plan) -> dict[str, Any]:
         try:
             settings = stack.settings()
             pushes = []
-            for processes in plan.folder_processes:
-                with NodeFolder(processes) as folder:
+            for processes, dead in plan.folders:
+                with NodeFolder(processes, dead=dead) as folder:
                     figures = collect_and_push(
                         folder.path,
                         url=settings.pushgateway_url,
                         iterations=plan.push_iterations,
                         push_seconds=settings.metrics_push_seconds,
                     )
-                pushes.append({"processes": processes, **figures})
+                pushes.append({"processes": processes, "dead_processes": dead, **figures})
             phases = alternate(stack, base, plan)
         finally:
             stack.down()
     # The node's folder as the macro run has it: its pool processes and its parent.
-    node_push = min(pushes, key=lambda p: abs(p["processes"] - (plan.concurrency + 1)))
+    fresh = [p for p in pushes if not p["dead_processes"]]
+    node_push = min(fresh, key=lambda p: abs(p["processes"] - (plan.concurrency + 1)))
     engines = {
         engine: engine_figures(
             [p for p in phases if p["engine"] == engine], calls=calls, push=node_push

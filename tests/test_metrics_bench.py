@@ -76,6 +76,16 @@ def test_a_node_folder_is_collected_and_pushed(gateway: tuple[str, type[Gateway]
     assert "tts_worker_info{" in body
     assert f"{PUSH_CPU}_total " in body
     assert figures["files"] >= 4 and figures["body_bytes"] > 1000
+
+
+def test_dead_processes_files_stay_counted(gateway: tuple[str, type[Gateway]]) -> None:
+    url, handler = gateway
+    with NodeFolder(1, dead=2, tasks=5) as node:
+        figures = collect_and_push(node.path, url=url, iterations=1, push_seconds=2.0)
+    # One live process's counter, histogram and gauge files; two dead ones' counters and
+    # histograms, each a copy of the live one's.
+    assert figures["files"] == 3 + 2 * 2
+    assert 'tts_tasks_total{status="succeeded"} 18.0' in handler.bodies[-1].decode()
     assert set(figures) >= {"collect_ms", "push_ms", "push_wall_ms", "cpu_ms_per_second"}
 
 
@@ -127,6 +137,7 @@ def test_figures_put_the_overhead_against_the_task_cpu() -> None:
     assert figures["throughput_ratio_on_off"] == 0.98
     assert figures["throughput_ratio_by_round"] == [0.98, 0.98]
     assert figures["measured_push_ms_per_task"] == 0.03
+    assert figures["node_cpu_ratio_on_off"] == pytest.approx(22 / 21.5, abs=1e-3)
     json.dumps(figures)
 
 
@@ -134,6 +145,7 @@ def test_table_has_the_flags_line_and_a_column_per_engine() -> None:
     calls = {"files": {"median_us": 40.0}, "memory": {"median_us": 30.0}}
     push = {
         "processes": 3,
+        "dead_processes": 0,
         "files": 9,
         "body_bytes": 8000,
         "collect_ms": 2.0,
@@ -173,4 +185,7 @@ def test_smoke_run_on_a_real_stack_writes_the_report(tmp_path: Path) -> None:
     assert [(p["push"], p["ok"]) for p in report["phases"]] == [(True, 12), (False, 12)]
     fake = report["engines"]["fake"]
     assert set(fake) >= {"overhead_percent", "throughput_ratio_on_off", "task_cpu_ms"}
-    assert report["collect_and_push"][0]["processes"] == 2
+    assert [(p["processes"], p["dead_processes"]) for p in report["collect_and_push"]] == [
+        (2, 0),
+        (2, 2),
+    ]
