@@ -3,9 +3,10 @@
 Three parts, in one run:
   micro   the metric calls one new job makes, CPU per task, counting in files (a worker
           node's multiprocess mode) and in memory, in a child process (benchmarks.metrics_micro)
-  parent  one collection of a node's folder (the live processes' files, every label in use)
-          and its PUT to the stack's real Pushgateway: CPU per push, per second at the push
-          interval, per task at the throughput measured below
+  parent  one collection of a node's folder (the live processes' files, every label in use;
+          and with the files dead processes left) and its PUT to the stack's real Pushgateway:
+          CPU per push, per second at the push interval, per task at the throughput measured
+          below; and the node's own count of it (tts_metrics_push_cpu_seconds_total)
   macro   a real local stack and a worker node with the `fake` engine (no delay) and `espeak`:
           K jobs with pushing on, then K with pushing off (a node restarted with
           TTS_PUSHGATEWAY_URL=""), alternated for a few rounds; tasks/s, the ratio, and the
