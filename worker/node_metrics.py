@@ -23,6 +23,7 @@ import tempfile
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, values
+from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 log = logging.getLogger(__name__)
@@ -72,12 +73,58 @@ def pids_with_files(path: Path) -> set[int]:
     return pids
 
 
+# The counters and histograms of processes that are gone, merged into one file per kind.
+ARCHIVE_PID = 0
+_ARCHIVED_KINDS = ("counter", "histogram")
+
+
 def forget_dead_processes(path: Path) -> list[int]:
-    """Drop the live-gauge files of processes that are gone (their counters stay counted)."""
-    dead = sorted(pid for pid in pids_with_files(path) if not _alive(pid))
+    """Fold the counters and histograms of processes that are gone into the node's archive
+    files, and drop their live gauges. Without the fold every push would read one more set of
+    files per process ever recycled or killed (measured: 52 ms a push with 100 of them)."""
+    dead = sorted(p for p in pids_with_files(path) if p != ARCHIVE_PID and not _alive(p))
+    if not dead:
+        return dead
+    for kind in _ARCHIVED_KINDS:
+        _archive(path, kind, [path / f"{kind}_{pid}.db" for pid in dead])
     for pid in dead:
         mark_process_dead(pid, str(path))  # type: ignore[no-untyped-call]
     return dead
+
+
+def _archive(path: Path, kind: str, files: list[Path]) -> None:
+    """Merge `files` (of dead processes) with `<kind>_0.db` into a new `<kind>_0.db`, then
+    delete them. The new archive replaces the old one in one rename, before the files it
+    holds are deleted: a parent killed in between would count them twice at its next start,
+    never lose them (a window of microseconds, once per dead process)."""
+    files = [f for f in files if f.exists()]
+    if not files:
+        return
+    archive = path / f"{kind}_{ARCHIVE_PID}.db"
+    sources = [*files, archive] if archive.exists() else files
+    merged = MultiProcessCollector.merge(  # type: ignore[no-untyped-call]
+        [str(f) for f in sources], accumulate=False
+    )
+    # Not *.db: the collector must never read a half-written archive.
+    staging = path / f".{kind}_{ARCHIVE_PID}.staging"
+    staging.unlink(missing_ok=True)
+    out = MmapedDict(str(staging))  # type: ignore[no-untyped-call]
+    try:
+        for metric in merged:
+            for sample in metric.samples:
+                key = mmap_key(
+                    metric.name,
+                    sample.name,
+                    list(sample.labels),
+                    list(sample.labels.values()),
+                    metric.documentation,
+                )
+                out.write_value(key, sample.value, 0.0)  # type: ignore[no-untyped-call]
+    finally:
+        out.close()  # type: ignore[no-untyped-call]
+    os.replace(staging, archive)
+    for file in files:
+        file.unlink(missing_ok=True)
 
 
 def node_registry(path: Path) -> CollectorRegistry:

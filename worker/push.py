@@ -284,14 +284,18 @@ class BackgroundPusher:
 
     def _run(self) -> None:
         backoff = self._min_interval
+        last_push = time.monotonic()
         while not self._stop.is_set():
-            woken = self._wake.wait(timeout=self._heartbeat)
+            # The heartbeat counts from the last push, the coalescing pause included.
+            due = max(self._heartbeat - (time.monotonic() - last_push), 0.0)
+            woken = self._wake.wait(timeout=due)
             if self._stop.is_set():
                 return
             self._wake.clear()
             ok = self.push_now()
             if ok:
                 backoff = self._min_interval
+                last_push = time.monotonic()
                 # Coalesce: changes during this pause go out in the next single push.
                 self._stop.wait(self._min_interval)
             else:
