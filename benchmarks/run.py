@@ -17,7 +17,12 @@ def main() -> int:
         "--skip-cosyvoice", action="store_true", help="skip the full-size CosyVoice runs (~45 min)"
     )
     args = parser.parse_args()
-    runs = [["benchmarks.pipeline_bench", "--out", "bench-results/pipeline.json"]]
+    runs = [
+        ["benchmarks.pipeline_bench", "--out", "bench-results/pipeline.json"],
+        # fake and espeak, pushing on and off alternated, 3 rounds (~3 min); the full run
+        # (5 rounds, longer phases) alone: python -m benchmarks.metrics_bench --out FILE.
+        ["benchmarks.metrics_bench", "--quick", "--out", "bench-results/metrics.json"],
+    ]
     if not args.skip_cosyvoice:
         runs.append(["benchmarks.cosyvoice_bench", "--out", "bench-results/cosyvoice.json"])
         runs.append(
