@@ -230,6 +230,7 @@ redis.call('EXPIRE', KEYS[2], ARGV[3])
 redis.call('HSET', KEYS[4], ARGV[1], ARGV[4])
 redis.call('EXPIRE', KEYS[4], ARGV[3])
 redis.call('SADD', KEYS[5], ARGV[5])
+redis.call('EXPIRE', KEYS[5], ARGV[3])
 return {starts, deliveries}
 """
 
