@@ -17,7 +17,11 @@ def main() -> int:
         "--skip-cosyvoice", action="store_true", help="skip the full-size CosyVoice runs (~45 min)"
     )
     args = parser.parse_args()
-    runs = [["benchmarks.pipeline_bench", "--out", "bench-results/pipeline.json"]]
+    runs = [
+        ["benchmarks.pipeline_bench", "--out", "bench-results/pipeline.json"],
+        # The pipeline against a bare Celery task and one making only its S3 calls (~3 min).
+        ["benchmarks.plumbing_bench", "--quick", "--out", "bench-results/plumbing.json"],
+    ]
     if not args.skip_cosyvoice:
         runs.append(["benchmarks.cosyvoice_bench", "--out", "bench-results/cosyvoice.json"])
         runs.append(

@@ -123,9 +123,8 @@ class _NoConditionalWrites:
         self.calls.append(kwargs)
         if "IfNoneMatch" in kwargs:
             error = {"Code": "NotImplemented", "Message": "A header you provided is not supported"}
-            raise ClientError(
-                {"Error": error, "ResponseMetadata": {"HTTPStatusCode": 501}}, "PutObject"
-            )
+            response: Any = {"Error": error, "ResponseMetadata": {"HTTPStatusCode": 501}}
+            raise ClientError(response, "PutObject")
         return {}
 
 

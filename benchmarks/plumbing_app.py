@@ -1,0 +1,53 @@
+"""The plumbing benchmark's bare Celery app: `celery -A benchmarks.plumbing_app worker`.
+
+Two tasks that run under the pipeline's own Celery configuration (celeryconfig.py: late ack,
+prefetch 1, JSON, the Redis result backend, task events), without any of its work:
+  bench.noop  returns at once: the cost of Celery itself
+  bench.s3    the S3 requests of a new job and nothing else: a lookup (HEAD, a miss) and the
+              conditional upload (PUT) of an object of the pipeline's size, through AudioStore
+Only the consumer class differs: the pipeline's (worker.parent.consumer) belongs to its
+metrics; Celery's own is used here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from celery.signals import celeryd_init, worker_process_init
+
+from core.settings import Settings
+from core.storage import AudioStore
+
+NOOP = "bench.noop"
+S3 = "bench.s3"
+
+app = Celery("tts_plumbing_bench")
+app.config_from_object("celeryconfig")
+
+_store: list[AudioStore] = []
+
+
+@celeryd_init.connect
+def _plain_consumer(conf: Any, **_: Any) -> None:
+    conf.worker_consumer = "celery.worker.consumer:Consumer"
+
+
+@worker_process_init.connect
+def _connect(**_: Any) -> None:
+    # Built once per pool process, as the pipeline's WorkerContext builds its store.
+    _store[:] = [AudioStore.from_settings(Settings.from_env())]
+
+
+@app.task(name=NOOP, acks_late=True, reject_on_worker_lost=True)
+def noop(message: dict[str, Any]) -> None:
+    """Nothing: Celery's own cost per task."""
+
+
+@app.task(name=S3, acks_late=True, reject_on_worker_lost=True)
+def s3(key: str, size: int, metadata: dict[str, str]) -> bool:
+    """A new job's S3 requests: the lookup of `key` (absent), then its upload."""
+    store = _store[0]
+    if store.head(key) is not None:
+        return False
+    return store.put(key, bytes(size), fmt="wav", metadata=metadata)

@@ -1,0 +1,385 @@
+"""Plumbing overhead: the full pipeline (fake engine, no delay) against a bare Celery task, in
+one run, on a local stack started for the purpose, with real Celery worker processes.
+
+  (a) noop      a Celery task that returns at once (benchmarks.plumbing_app)
+  (b) s3        a Celery task that makes only a new job's S3 requests: HEAD (a miss), then the
+                conditional PUT of an object of the pipeline's size and metadata
+  (c) pipeline  tts.synthesize with the fake engine (TTS_FAKE_DELAY=0), new texts: validation,
+                batch state, content lease, S3 lookup, synthesis, encoding, upload, record,
+                metrics (pushed to the stack's Pushgateway unless --no-push)
+
+Same Celery configuration (celeryconfig.py), concurrency and number of jobs; the scenarios
+alternate, round after round, in a rotating order. Each run fills its queue first, then starts
+a fresh node on it, so that sending is not measured. Figures come from the nodes' own task
+events: throughput is jobs over first task-started to last task-succeeded; per-task times are
+Celery's `runtime` (the task in its pool process, result stored included).
+
+    python -m benchmarks.plumbing_bench [--quick] [--jobs N] [--rounds R] [--out FILE]
+
+Figures, not assertions: compare the ratios within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+
+from benchmarks.batch_nodes import checkout_pythonpath
+from benchmarks.plumbing_app import NOOP, S3
+from core.delivery import CELERY_APP, QUEUE
+from core.settings import Settings
+from devstack.stack import LocalStack, StackLayout, StackPorts
+from producer.api import Producer
+from producer.sender import client_app
+
+SCENARIOS = ("noop", "s3", "pipeline")
+LABELS = {
+    "noop": "(a) Celery no-op task",
+    "s3": "(b) Celery task, S3 calls only",
+    "pipeline": "(c) full pipeline, fake engine",
+}
+APP = "benchmarks.plumbing_app"
+SPEAKER = "英文女"
+CPU_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
+GOAL = 0.8
+
+
+@dataclass(frozen=True)
+class Plan:
+    jobs: int
+    rounds: int
+    concurrency: int
+
+
+PLANS = {"quick": Plan(jobs=300, rounds=3, concurrency=2), "full": Plan(1000, 5, 2)}
+
+
+# -- figures -----------------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The q-th percentile, interpolated between ranks (None for no values)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def run_figures(events: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One run's figures from its task events (task-started, task-succeeded, task-failed)."""
+    starts = [e["timestamp"] for e in events if e["type"] == "task-started"]
+    done = [e for e in events if e["type"] == "task-succeeded"]
+    failed = sum(e["type"] == "task-failed" for e in events)
+    ends = [e["timestamp"] for e in done]
+    window = (max(ends) - min(starts)) if starts and ends else 0.0
+    return {
+        "jobs": len(done) + failed,
+        "failed": failed,
+        "seconds": round(window, 3),
+        "tasks_per_second": round(len(done) / window, 1) if window > 0 else None,
+        "runtimes": [float(e["runtime"]) for e in done],
+    }
+
+
+def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """A scenario over its rounds: median throughput, per-task p50/p99 over every task."""
+    rates = [r["tasks_per_second"] for r in runs if r["tasks_per_second"]]
+    runtimes = [t for r in runs for t in r["runtimes"]]
+
+    def ms(q: float) -> float | None:
+        value = percentile(runtimes, q)
+        return None if value is None else round(value * 1000, 2)
+
+    return {
+        "tasks_per_second": round(statistics.median(rates), 1) if rates else None,
+        "tasks_per_second_runs": rates,
+        "p50_ms": ms(50),
+        "p99_ms": ms(99),
+        "tasks": len(runtimes),
+        "failed": sum(r["failed"] for r in runs),
+    }
+
+
+def ratios(scenarios: dict[str, dict[str, Any]]) -> dict[str, float | None]:
+    def ratio(a: str, b: str) -> float | None:
+        x, y = scenarios[a]["tasks_per_second"], scenarios[b]["tasks_per_second"]
+        return round(x / y, 3) if x and y else None
+
+    return {
+        "pipeline_vs_s3": ratio("pipeline", "s3"),
+        "pipeline_vs_noop": ratio("pipeline", "noop"),
+        "s3_vs_noop": ratio("s3", "noop"),
+    }
+
+
+def format_table(report: dict[str, Any]) -> str:
+    m, plan = report["machine"], report["plan"]
+    lines = [
+        f"plumbing overhead: {plan['rounds']} rounds x {plan['jobs']} jobs per scenario, "
+        f"concurrency {plan['concurrency']}, {plan['object_bytes']}-byte objects, "
+        f"pushing {'on' if plan['push'] else 'off'}",
+        f"machine: {m['cpus']} CPUs, {m['cpu_model']}; python {m['python']}",
+        f"cpu flags: {' '.join(m['cpu_flags']) or '-'}",
+        f"{'scenario':34} {'tasks/s':>8} {'runs':>22} {'p50 ms':>8} {'p99 ms':>8} {'failed':>6}",
+    ]
+
+    def cell(value: Any) -> str:
+        return "-" if value is None else f"{value}"
+
+    for name in SCENARIOS:
+        s = report["scenarios"][name]
+        runs = ", ".join(f"{r:g}" for r in s["tasks_per_second_runs"])
+        lines.append(
+            f"{LABELS[name]:34} {cell(s['tasks_per_second']):>8} {runs:>22} "
+            f"{cell(s['p50_ms']):>8} {cell(s['p99_ms']):>8} {s['failed']:>6}"
+        )
+    r = report["ratios"]
+    verdict = "met" if (r["pipeline_vs_s3"] or 0) >= GOAL else "not met"
+    lines.append(
+        f"throughput (c)/(b) = {cell(r['pipeline_vs_s3'])} (goal >= {GOAL}: {verdict}); "
+        f"(c)/(a) = {cell(r['pipeline_vs_noop'])}; (b)/(a) = {cell(r['s3_vs_noop'])}"
+    )
+    return "\n".join(lines)
+
+
+def machine() -> dict[str, Any]:
+    text = Path("/proc/cpuinfo").read_text(encoding="utf-8")
+    lines = text.splitlines()
+    model = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "")
+    flags_line = next((ln for ln in lines if ln.startswith("flags")), "")
+    present = set(flags_line.split(":", 1)[-1].split())
+    return {
+        "cpus": os.cpu_count() or 1,
+        "cpu_model": model or platform.processor() or "?",
+        "cpu_flags": [f for f in CPU_FLAGS if f in present],
+        "python": platform.python_version(),
+        "node": platform.node(),
+    }
+
+
+# -- the run -----------------------------------------------------------------------------------
+
+
+class EventLog:
+    """Task events of every node on the broker, kept per node (a thread of the benchmark)."""
+
+    def __init__(self, app: Celery) -> None:
+        self._app = app
+        self._events: dict[str, list[dict[str, Any]]] = {}
+        self._lock = threading.Lock()
+        self._receiver: Any = None
+        self._thread = threading.Thread(target=self._run, name="plumbing-events", daemon=True)
+        self._ready = threading.Event()
+
+    def start(self) -> EventLog:
+        self._thread.start()
+        if not self._ready.wait(timeout=30):
+            raise TimeoutError("the event receiver did not connect")
+        return self
+
+    def _run(self) -> None:
+        with self._app.connection_for_read() as conn:
+            self._receiver = self._app.events.Receiver(conn, handlers={"*": self._on_event})
+            self._ready.set()
+            self._receiver.capture(limit=None, timeout=None, wakeup=False)
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        if str(event.get("type", "")).startswith("task-"):
+            with self._lock:
+                self._events.setdefault(event.get("hostname", ""), []).append(event)
+
+    def of(self, hostname: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self._events.get(hostname, []))
+
+    def stop(self) -> None:
+        if self._receiver is not None:
+            self._receiver.should_stop = True
+        self._thread.join(timeout=5)
+
+
+@dataclass
+class Bench:
+    stack: LocalStack
+    settings: Settings
+    node_settings: Settings
+    plan: Plan
+    node_env: dict[str, str]
+    events: EventLog
+    object_bytes: int
+    metadata: dict[str, str]
+    tag: str
+
+    def run(self, scenario: str, round_no: int) -> dict[str, Any]:
+        name = f"worker-plumb-{scenario}-{self.tag}-{round_no}"
+        self._fill(scenario, round_no)
+        # The pipeline's node: the stack's own app and queue; the bare ones: plumbing_app.
+        bare = scenario != "pipeline"
+        node = LocalStack(
+            self.stack.layout,
+            app=APP if bare else CELERY_APP,
+            queue=f"bench-{scenario}" if bare else QUEUE,
+            base_settings=self.node_settings,
+            extra_env=self.node_env,
+            ready_timeout=120,
+        )
+        node.up([name], concurrency=self.plan.concurrency)
+        hostname = f"{name}@{socket.gethostname()}"
+        try:
+            deadline = time.monotonic() + 60 + self.plan.jobs
+            while self._terminal(hostname) < self.plan.jobs:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{scenario}: {self._terminal(hostname)} jobs done")
+                time.sleep(0.2)
+        finally:
+            node.stop(name)
+        return run_figures(self.events.of(hostname))
+
+    def _terminal(self, hostname: str) -> int:
+        return sum(e["type"] in ("task-succeeded", "task-failed") for e in self.events.of(hostname))
+
+    def _fill(self, scenario: str, round_no: int) -> None:
+        texts = [pipeline_text(self.tag, round_no, i) for i in range(self.plan.jobs)]
+        if scenario == "pipeline":
+            rows = [{"id": f"r{i}", "text": t, "speaker": SPEAKER} for i, t in enumerate(texts)]
+            Producer(self.settings).submit_batch(rows, batch_id=f"plumb-{self.tag}-{round_no}")
+            return
+        app = client_app(self.settings)
+        with app.producer_or_acquire() as producer:
+            for i in range(self.plan.jobs):
+                if scenario == "noop":
+                    args: list[Any] = [{"job_id": f"noop-{i}", "text": texts[i]}]
+                else:
+                    key = f"bench/{self.tag}/{round_no}/{i}.wav"
+                    args = [key, self.object_bytes, self.metadata]
+                task = NOOP if scenario == "noop" else S3
+                app.send_task(task, args=args, queue=f"bench-{scenario}", producer=producer)
+
+
+def pipeline_text(tag: str, round_no: int, i: int) -> str:
+    """New text of one length for every job (one object size)."""
+    return f"Platform {round_no:02d}{i:06d} {tag} is now open for boarding."
+
+
+def object_figures(tag: str) -> tuple[int, dict[str, str]]:
+    """The size and metadata of the object the pipeline stores for one of the texts."""
+    from worker.audio import duration_seconds, encode
+    from worker.engines.fake import FakeSynthesizer
+
+    engine = FakeSynthesizer()
+    text = pipeline_text(tag, 0, 0)
+    samples = engine.synthesize(text, speaker=SPEAKER, lang=None)
+    data = encode(samples, sample_rate=engine.sample_rate, fmt="wav")
+    metadata = {
+        "engine": engine.name,
+        "model": engine.model_id,
+        "speaker": SPEAKER.encode("utf-8").hex(),
+        "speaker-encoding": "utf-8-hex",
+        "lang": "",
+        "sample-rate": str(engine.sample_rate),
+        "duration-seconds": f"{duration_seconds(samples, engine.sample_rate):.3f}",
+        "text-sha256": "0" * 64,
+    }
+    return len(data), metadata
+
+
+def run(plan: Plan, *, push: bool = True) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="tts-plumbing-") as state:
+        base = Settings(batch_ttl_seconds=3600)
+        stack = LocalStack(
+            StackLayout(Path(state), ports=StackPorts.find_free()), base_settings=base
+        )
+        stack.up(["redis", "s3", "pushgateway"] if push else ["redis", "s3"])
+        try:
+            settings = stack.settings()
+            if not push:
+                settings = replace(settings, pushgateway_url="")
+            node_settings = replace(base, engine="fake", fake_delay=0.0)
+            node_env = {"PYTHONPATH": checkout_pythonpath()}
+            if not push:
+                # After the stack's own settings, which always name its Pushgateway.
+                node_env["TTS_PUSHGATEWAY_URL"] = ""
+            events = EventLog(client_app(settings)).start()
+            tag = uuid.uuid4().hex[:6]
+            size, metadata = object_figures(tag)
+            bench = Bench(
+                stack=stack,
+                settings=settings,
+                node_settings=node_settings,
+                node_env=node_env,
+                plan=plan,
+                events=events,
+                object_bytes=size,
+                metadata=metadata,
+                tag=tag,
+            )
+            runs: dict[str, list[dict[str, Any]]] = {name: [] for name in SCENARIOS}
+            try:
+                for round_no in range(plan.rounds):
+                    # A rotating order: no scenario always runs first (or after the same one).
+                    shift = round_no % len(SCENARIOS)
+                    for name in SCENARIOS[shift:] + SCENARIOS[:shift]:
+                        runs[name].append(bench.run(name, round_no))
+            finally:
+                events.stop()
+        finally:
+            stack.down()
+    scenarios = {name: summarize(r) for name, r in runs.items()}
+    return {
+        "machine": machine(),
+        "plan": {
+            "jobs": plan.jobs,
+            "rounds": plan.rounds,
+            "concurrency": plan.concurrency,
+            "object_bytes": size,
+            "push": push,
+        },
+        "scenarios": scenarios,
+        "ratios": ratios(scenarios),
+        "goal_pipeline_vs_s3": GOAL,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="300 jobs x 3 rounds (~3 min)")
+    parser.add_argument("--jobs", type=int, help="jobs per scenario and round")
+    parser.add_argument("--rounds", type=int, help="rounds (each runs every scenario)")
+    parser.add_argument("--concurrency", type=int, help="pool processes per node (2)")
+    parser.add_argument("--no-push", action="store_true", help="no Pushgateway, no pushing")
+    parser.add_argument("--out", type=Path, default=Path("bench-results/plumbing.json"))
+    args = parser.parse_args(argv)
+    plan = PLANS["quick" if args.quick else "full"]
+    plan = Plan(
+        jobs=args.jobs or plan.jobs,
+        rounds=args.rounds or plan.rounds,
+        concurrency=args.concurrency or plan.concurrency,
+    )
+    report = run(plan, push=not args.no_push)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(format_table(report))
+    print(f"-> {args.out}")
+    return 1 if any(s["failed"] for s in report["scenarios"].values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
