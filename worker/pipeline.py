@@ -1,7 +1,8 @@
 """One job's steps, from message to stored audio; no Celery app or task here (only its
 time-limit exception is let through).
 
-validate -> content key -> cached? -> synthesize -> encode -> upload -> record -> metrics.
+validate -> content key -> lease -> cached? -> synthesize -> encode -> conditional upload ->
+record -> metrics.
 Bad input raises InvalidJob, an engine that fails on valid input EngineFailure (both
 PermanentError: never retried); transient ones raise TransientError for the caller to retry.
 """
