@@ -115,7 +115,8 @@ class AudioStore:
 
     def put(self, key: str, data: bytes, *, fmt: str, metadata: dict[str, str]) -> bool:
         """Upload one object in a single PUT, unless the key already holds one: readers see all
-        of it or none of it, and an object once written is never replaced.
+        of it or none of it, and (where the server honours the condition) an object once
+        written is never replaced.
 
         The PUT is conditional (`If-None-Match: *`): True when this call wrote the object,
         False when the server refused it (412) because another writer got there first. A
