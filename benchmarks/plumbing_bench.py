@@ -66,7 +66,11 @@ class Plan:
     concurrency: int
 
 
-PLANS = {"quick": Plan(jobs=300, rounds=3, concurrency=2), "full": Plan(1000, 5, 2)}
+# Many short rounds rather than a few long ones: each (b)/(c) pair runs close together in time.
+PLANS = {
+    "quick": Plan(jobs=150, rounds=6, concurrency=2),
+    "full": Plan(jobs=600, rounds=8, concurrency=2),
+}
 
 
 # -- figures -----------------------------------------------------------------------------------
@@ -118,13 +122,26 @@ def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def ratios(scenarios: dict[str, dict[str, Any]]) -> dict[str, float | None]:
+def ratios(scenarios: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Throughput ratios of the medians, and (c)/(b) round by round: the two ran minutes
+    apart at most, so a change in the machine's other load shows in one round, not in all."""
+
     def ratio(a: str, b: str) -> float | None:
         x, y = scenarios[a]["tasks_per_second"], scenarios[b]["tasks_per_second"]
         return round(x / y, 3) if x and y else None
 
+    pairs = zip(
+        scenarios["pipeline"]["tasks_per_second_runs"],
+        scenarios["s3"]["tasks_per_second_runs"],
+        strict=False,
+    )
+    per_round = [round(c / b, 3) for c, b in pairs if c and b]
     return {
         "pipeline_vs_s3": ratio("pipeline", "s3"),
+        "pipeline_vs_s3_per_round": per_round,
+        "pipeline_vs_s3_median_of_rounds": (
+            round(statistics.median(per_round), 3) if per_round else None
+        ),
         "pipeline_vs_noop": ratio("pipeline", "noop"),
         "s3_vs_noop": ratio("s3", "noop"),
     }
@@ -152,9 +169,12 @@ def format_table(report: dict[str, Any]) -> str:
             f"{cell(s['p50_ms']):>8} {cell(s['p99_ms']):>8} {s['failed']:>6}"
         )
     r = report["ratios"]
-    verdict = "met" if (r["pipeline_vs_s3"] or 0) >= GOAL else "not met"
+    headline = r["pipeline_vs_s3_median_of_rounds"]
+    verdict = "met" if (headline or 0) >= GOAL else "not met"
+    rounds = ", ".join(f"{x:g}" for x in r["pipeline_vs_s3_per_round"])
     lines.append(
-        f"throughput (c)/(b) = {cell(r['pipeline_vs_s3'])} (goal >= {GOAL}: {verdict}); "
+        f"throughput (c)/(b): {cell(headline)} median of rounds ({rounds}), "
+        f"{cell(r['pipeline_vs_s3'])} of medians (goal >= {GOAL}: {verdict}); "
         f"(c)/(a) = {cell(r['pipeline_vs_noop'])}; (b)/(a) = {cell(r['s3_vs_noop'])}"
     )
     return "\n".join(lines)
@@ -360,7 +380,7 @@ def run(plan: Plan, *, push: bool = True) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="300 jobs x 3 rounds (~3 min)")
+    parser.add_argument("--quick", action="store_true", help="150 jobs x 6 rounds (~3 min)")
     parser.add_argument("--jobs", type=int, help="jobs per scenario and round")
     parser.add_argument("--rounds", type=int, help="rounds (each runs every scenario)")
     parser.add_argument("--concurrency", type=int, help="pool processes per node (2)")
