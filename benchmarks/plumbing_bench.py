@@ -153,7 +153,9 @@ def format_table(report: dict[str, Any]) -> str:
         f"plumbing overhead: {plan['rounds']} rounds x {plan['jobs']} jobs per scenario, "
         f"concurrency {plan['concurrency']}, {plan['object_bytes']}-byte objects, "
         f"pushing {'on' if plan['push'] else 'off'}",
-        f"machine: {m['cpus']} CPUs, {m['cpu_model']}; python {m['python']}",
+        f"machine: {m['cpus']} CPUs, {m['cpu_model']}; python {m['python']}; 1-min load "
+        f"{m.get('load_average_1m', {}).get('before', '?')} before, "
+        f"{m.get('load_average_1m', {}).get('after', '?')} after",
         f"cpu flags: {' '.join(m['cpu_flags']) or '-'}",
         f"{'scenario':34} {'tasks/s':>8} {'runs':>22} {'p50 ms':>8} {'p99 ms':>8} {'failed':>6}",
     ]
@@ -322,6 +324,7 @@ def object_figures(tag: str) -> tuple[int, dict[str, str]]:
 
 
 def run(plan: Plan, *, push: bool = True) -> dict[str, Any]:
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="tts-plumbing-") as state:
         base = Settings(batch_ttl_seconds=3600)
         stack = LocalStack(
@@ -363,8 +366,10 @@ def run(plan: Plan, *, push: bool = True) -> dict[str, Any]:
         finally:
             stack.down()
     scenarios = {name: summarize(r) for name, r in runs.items()}
+    # Other work on the machine: the 1-minute load average before the stack and at the end.
+    load = {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)}
     return {
-        "machine": machine(),
+        "machine": {**machine(), "load_average_1m": load},
         "plan": {
             "jobs": plan.jobs,
             "rounds": plan.rounds,
