@@ -8,9 +8,10 @@ one run, on a local stack started for the purpose, with real Celery worker proce
                 batch state, content lease, S3 lookup, synthesis, encoding, upload, record,
                 metrics (pushed to the stack's Pushgateway unless --no-push)
 
-Same Celery configuration (celeryconfig.py), concurrency and number of jobs; the scenarios
-alternate, round after round, in a rotating order. Each run fills its queue first, then starts
-a fresh node on it, so that sending is not measured. Figures come from the nodes' own task
+Same Celery configuration (celeryconfig.py), concurrency and number of jobs; after one
+unmeasured warm-up run of each, the scenarios alternate, round after round, in a rotating
+order. Each run fills its queue first, then starts a fresh node on it, so that sending is not
+measured. Figures come from the nodes' own task
 events: throughput is jobs over first task-started to last task-succeeded; per-task times are
 Celery's `runtime` (the task in its pool process, result stored included).
 
@@ -57,6 +58,7 @@ APP = "benchmarks.plumbing_app"
 SPEAKER = "英文女"
 CPU_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
 GOAL = 0.8
+WARMUP_ROUND, WARMUP_JOBS = 99, 40
 
 
 @dataclass(frozen=True)
@@ -250,9 +252,10 @@ class Bench:
     metadata: dict[str, str]
     tag: str
 
-    def run(self, scenario: str, round_no: int) -> dict[str, Any]:
+    def run(self, scenario: str, round_no: int, *, jobs: int = 0) -> dict[str, Any]:
+        jobs = jobs or self.plan.jobs
         name = f"worker-plumb-{scenario}-{self.tag}-{round_no}"
-        self._fill(scenario, round_no)
+        self._fill(scenario, round_no, jobs)
         # The pipeline's node: the stack's own app and queue; the bare ones: plumbing_app.
         bare = scenario != "pipeline"
         node = LocalStack(
@@ -266,8 +269,8 @@ class Bench:
         node.up([name], concurrency=self.plan.concurrency)
         hostname = f"{name}@{socket.gethostname()}"
         try:
-            deadline = time.monotonic() + 60 + self.plan.jobs
-            while self._terminal(hostname) < self.plan.jobs:
+            deadline = time.monotonic() + 60 + jobs
+            while self._terminal(hostname) < jobs:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"{scenario}: {self._terminal(hostname)} jobs done")
                 time.sleep(0.2)
@@ -278,15 +281,15 @@ class Bench:
     def _terminal(self, hostname: str) -> int:
         return sum(e["type"] in ("task-succeeded", "task-failed") for e in self.events.of(hostname))
 
-    def _fill(self, scenario: str, round_no: int) -> None:
-        texts = [pipeline_text(self.tag, round_no, i) for i in range(self.plan.jobs)]
+    def _fill(self, scenario: str, round_no: int, jobs: int) -> None:
+        texts = [pipeline_text(self.tag, round_no, i) for i in range(jobs)]
         if scenario == "pipeline":
             rows = [{"id": f"r{i}", "text": t, "speaker": SPEAKER} for i, t in enumerate(texts)]
             Producer(self.settings).submit_batch(rows, batch_id=f"plumb-{self.tag}-{round_no}")
             return
         app = client_app(self.settings)
         with app.producer_or_acquire() as producer:
-            for i in range(self.plan.jobs):
+            for i in range(jobs):
                 if scenario == "noop":
                     args: list[Any] = [{"job_id": f"noop-{i}", "text": texts[i]}]
                 else:
@@ -356,6 +359,10 @@ def run(plan: Plan, *, push: bool = True) -> dict[str, Any]:
             )
             runs: dict[str, list[dict[str, Any]]] = {name: [] for name in SCENARIOS}
             try:
+                # Not measured: a fresh SeaweedFS is slower for its first writes (it grows its
+                # volumes), which would fall on whichever scenario uploads first.
+                for name in SCENARIOS:
+                    bench.run(name, WARMUP_ROUND, jobs=min(plan.jobs, WARMUP_JOBS))
                 for round_no in range(plan.rounds):
                     # A rotating order: no scenario always runs first (or after the same one).
                     shift = round_no % len(SCENARIOS)
