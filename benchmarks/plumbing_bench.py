@@ -13,7 +13,8 @@ unmeasured warm-up run of each, the scenarios alternate, round after round, in a
 order. Each run fills its queue first, then starts a fresh node on it, so that sending is not
 measured. Figures come from the nodes' own task
 events: throughput is jobs over first task-started to last task-succeeded; per-task times are
-Celery's `runtime` (the task in its pool process, result stored included).
+Celery's `runtime` (the task in its pool process, result stored included). CPU per task: the
+node's processes, SeaweedFS and Redis, from /proc, over the same window.
 
     python -m benchmarks.plumbing_bench [--quick] [--jobs N] [--rounds R] [--out FILE]
 
@@ -40,10 +41,11 @@ from typing import Any
 
 from celery import Celery
 
-from benchmarks.batch_nodes import checkout_pythonpath
+from benchmarks.batch_nodes import checkout_pythonpath, group_members
 from benchmarks.plumbing_app import NOOP, S3
 from core.delivery import CELERY_APP, QUEUE
 from core.settings import Settings
+from devstack.procs import read_pid
 from devstack.stack import LocalStack, StackLayout, StackPorts
 from producer.api import Producer
 from producer.sender import client_app
@@ -114,7 +116,11 @@ def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
         value = percentile(runtimes, q)
         return None if value is None else round(value * 1000, 2)
 
+    cpu = [r["cpu_ms_per_task"] for r in runs if r.get("cpu_ms_per_task")]
     return {
+        "cpu_ms_per_task": {
+            who: round(statistics.median(c[who] for c in cpu), 2) for who in (cpu[0] if cpu else {})
+        },
         "tasks_per_second": round(statistics.median(rates), 1) if rates else None,
         "tasks_per_second_runs": rates,
         "p50_ms": ms(50),
@@ -159,7 +165,8 @@ def format_table(report: dict[str, Any]) -> str:
         f"{m.get('load_average_1m', {}).get('before', '?')} before, "
         f"{m.get('load_average_1m', {}).get('after', '?')} after",
         f"cpu flags: {' '.join(m['cpu_flags']) or '-'}",
-        f"{'scenario':34} {'tasks/s':>8} {'runs':>22} {'p50 ms':>8} {'p99 ms':>8} {'failed':>6}",
+        f"{'scenario':34} {'tasks/s':>8} {'p50 ms':>7} {'p99 ms':>7} "
+        f"{'CPU ms/task: worker':>20} {'S3':>5} {'Redis':>6} {'failed':>6}  tasks/s of each round",
     ]
 
     def cell(value: Any) -> str:
@@ -168,9 +175,11 @@ def format_table(report: dict[str, Any]) -> str:
     for name in SCENARIOS:
         s = report["scenarios"][name]
         runs = ", ".join(f"{r:g}" for r in s["tasks_per_second_runs"])
+        cpu = s.get("cpu_ms_per_task", {})
         lines.append(
-            f"{LABELS[name]:34} {cell(s['tasks_per_second']):>8} {runs:>22} "
-            f"{cell(s['p50_ms']):>8} {cell(s['p99_ms']):>8} {s['failed']:>6}"
+            f"{LABELS[name]:34} {cell(s['tasks_per_second']):>8} {cell(s['p50_ms']):>7} "
+            f"{cell(s['p99_ms']):>7} {cell(cpu.get('worker')):>20} {cell(cpu.get('s3')):>5} "
+            f"{cell(cpu.get('redis')):>6} {s['failed']:>6}  {runs}"
         )
     r = report["ratios"]
     headline = r["pipeline_vs_s3_median_of_rounds"]
@@ -197,6 +206,19 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "node": platform.node(),
     }
+
+
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """User + system CPU of these processes so far (0 for one that is gone)."""
+    total = 0
+    for pid in pids:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[-1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 # -- the run -----------------------------------------------------------------------------------
@@ -266,17 +288,29 @@ class Bench:
             extra_env=self.node_env,
             ready_timeout=120,
         )
-        node.up([name], concurrency=self.plan.concurrency)
+        pgid = node.up([name], concurrency=self.plan.concurrency)[name].pid or 0
         hostname = f"{name}@{socket.gethostname()}"
+        # CPU from here to the last job, per job counted from here: the node's start-up is not
+        # the task's cost.
+        servers = {s: read_pid(self.stack.layout.dirs, s) or 0 for s in ("s3", "redis")}
+        before = {"worker": cpu_seconds(group_members(pgid))}
+        before.update({s: cpu_seconds([pid]) for s, pid in servers.items()})
+        counted = jobs - self._terminal(hostname)
         try:
             deadline = time.monotonic() + 60 + jobs
             while self._terminal(hostname) < jobs:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"{scenario}: {self._terminal(hostname)} jobs done")
                 time.sleep(0.2)
+            after = {"worker": cpu_seconds(group_members(pgid))}
+            after.update({s: cpu_seconds([pid]) for s, pid in servers.items()})
         finally:
             node.stop(name)
-        return run_figures(self.events.of(hostname))
+        figures = run_figures(self.events.of(hostname))
+        figures["cpu_ms_per_task"] = {
+            who: round((after[who] - before[who]) * 1000 / max(counted, 1), 2) for who in before
+        }
+        return figures
 
     def _terminal(self, hostname: str) -> int:
         return sum(e["type"] in ("task-succeeded", "task-failed") for e in self.events.of(hostname))

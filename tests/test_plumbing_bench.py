@@ -42,10 +42,16 @@ def test_a_run_is_timed_from_the_first_start_to_the_last_success() -> None:
 
 def test_a_scenario_is_its_median_rate_and_percentiles_over_every_task() -> None:
     runs = [
-        {"tasks_per_second": r, "runtimes": [0.001 * i for i in range(1, 101)], "failed": 0}
+        {
+            "tasks_per_second": r,
+            "runtimes": [0.001 * i for i in range(1, 101)],
+            "failed": 0,
+            "cpu_ms_per_task": {"worker": r / 100, "s3": 1.0},
+        }
         for r in (100.0, 300.0, 200.0)
     ]
     summary = summarize(runs)
+    assert summary["cpu_ms_per_task"] == {"worker": 2.0, "s3": 1.0}
     assert summary["tasks_per_second"] == 200.0
     assert summary["tasks_per_second_runs"] == [100.0, 300.0, 200.0]
     assert summary["tasks"] == 300 and summary["failed"] == 0
@@ -89,7 +95,8 @@ def test_ratios_and_the_table() -> None:
     assert len(lines) == 4 + len(SCENARIOS) + 1
     assert "(c)/(b): 0.9 median of rounds (0.8, 0.9, 1.7), 0.85 of medians" in lines[-1]
     assert "(goal >= 0.8: met)" in lines[-1]
-    assert lines[-2].startswith("(c) full pipeline") and lines[-2].split()[-2] == "-"
+    # No p99 and no CPU figures for (c): dashes, not zeros.
+    assert lines[-2].startswith("(c) full pipeline") and lines[-2].split()[7:11] == ["-"] * 4
 
 
 @pytest.mark.integration
@@ -105,6 +112,8 @@ def test_a_tiny_run_through_real_nodes_reports_every_scenario(tmp_path: Path) ->
         assert figures["tasks"] == 8 and figures["failed"] == 0, (name, figures)
         assert figures["tasks_per_second"] > 0
         assert figures["p99_ms"] >= figures["p50_ms"] > 0
+        assert set(figures["cpu_ms_per_task"]) == {"worker", "s3", "redis"}
+        assert figures["cpu_ms_per_task"]["worker"] > 0
     r = report["ratios"]
     assert r["pipeline_vs_s3"] > 0 and r["pipeline_vs_noop"] > 0 and r["s3_vs_noop"] > 0
     assert len(r["pipeline_vs_s3_per_round"]) == 1 and r["pipeline_vs_s3_median_of_rounds"] > 0
