@@ -4,7 +4,8 @@ Two tasks that run under the pipeline's own Celery configuration (celeryconfig.p
 prefetch 1, JSON, the Redis result backend, task events), without any of its work:
   bench.noop  returns at once: the cost of Celery itself
   bench.s3    the S3 requests of a new job and nothing else: a lookup (HEAD, a miss) and the
-              conditional upload (PUT) of an object of the pipeline's size, through AudioStore
+              conditional upload (PUT) of the pipeline's object for the same text (its bytes
+              made once per process), through AudioStore
 Only the consumer class differs: the pipeline's (worker.parent.consumer) belongs to its
 metrics; Celery's own is used here.
 """
@@ -21,6 +22,7 @@ from core.storage import AudioStore
 
 NOOP = "bench.noop"
 S3 = "bench.s3"
+SPEAKER = "英文女"
 
 app = Celery("tts_plumbing_bench")
 app.config_from_object("celeryconfig")
@@ -45,9 +47,30 @@ def noop(message: dict[str, Any]) -> None:
 
 
 @app.task(name=S3, acks_late=True, reject_on_worker_lost=True)
-def s3(key: str, size: int, metadata: dict[str, str]) -> bool:
-    """A new job's S3 requests: the lookup of `key` (absent), then its upload."""
+def s3(key: str, text: str, metadata: dict[str, str]) -> bool:
+    """A new job's S3 requests: the lookup of `key` (absent), then the upload of the bytes the
+    pipeline stores for `text` (made once per process: the server's work depends on them)."""
     store = _store[0]
     if store.head(key) is not None:
         return False
-    return store.put(key, bytes(size), fmt="wav", metadata=metadata)
+    return store.put(key, _payload(text), fmt="wav", metadata=metadata)
+
+
+_payloads: dict[str, bytes] = {}
+
+
+def _payload(text: str) -> bytes:
+    if text not in _payloads:
+        _payloads.clear()
+        _payloads[text] = fake_object(text)
+    return _payloads[text]
+
+
+def fake_object(text: str) -> bytes:
+    """The WAV object the pipeline's fake engine makes for `text` (the same bytes)."""
+    from worker.audio import encode
+    from worker.engines.fake import FakeSynthesizer
+
+    engine = FakeSynthesizer()
+    samples = engine.synthesize(text, speaker=SPEAKER, lang=None)
+    return encode(samples, sample_rate=engine.sample_rate, fmt="wav")

@@ -3,7 +3,7 @@ one run, on a local stack started for the purpose, with real Celery worker proce
 
   (a) noop      a Celery task that returns at once (benchmarks.plumbing_app)
   (b) s3        a Celery task that makes only a new job's S3 requests: HEAD (a miss), then the
-                conditional PUT of an object of the pipeline's size and metadata
+                conditional PUT of the pipeline's object for the same text, with its metadata
   (c) pipeline  tts.synthesize with the fake engine (TTS_FAKE_DELAY=0), new texts: validation,
                 batch state, content lease, S3 lookup, synthesis, encoding, upload, record,
                 metrics (pushed to the stack's Pushgateway unless --no-push)
@@ -42,7 +42,7 @@ from typing import Any
 from celery import Celery
 
 from benchmarks.batch_nodes import checkout_pythonpath, group_members
-from benchmarks.plumbing_app import NOOP, S3
+from benchmarks.plumbing_app import NOOP, S3, fake_object
 from core.delivery import CELERY_APP, QUEUE
 from core.settings import Settings
 from devstack.procs import read_pid
@@ -328,7 +328,8 @@ class Bench:
                     args: list[Any] = [{"job_id": f"noop-{i}", "text": texts[i]}]
                 else:
                     key = f"bench/{self.tag}/{round_no}/{i}.wav"
-                    args = [key, self.object_bytes, self.metadata]
+                    # The same text for every job: its bytes are made once per process.
+                    args = [key, texts[0], self.metadata]
                 task = NOOP if scenario == "noop" else S3
                 app.send_task(task, args=args, queue=f"bench-{scenario}", producer=producer)
 
@@ -340,13 +341,14 @@ def pipeline_text(tag: str, round_no: int, i: int) -> str:
 
 def object_figures(tag: str) -> tuple[int, dict[str, str]]:
     """The size and metadata of the object the pipeline stores for one of the texts."""
-    from worker.audio import duration_seconds, encode
+    from worker.audio import duration_seconds
     from worker.engines.fake import FakeSynthesizer
 
     engine = FakeSynthesizer()
     text = pipeline_text(tag, 0, 0)
+    data = fake_object(text)
     samples = engine.synthesize(text, speaker=SPEAKER, lang=None)
-    data = encode(samples, sample_rate=engine.sample_rate, fmt="wav")
+    seconds = duration_seconds(samples, engine.sample_rate)
     metadata = {
         "engine": engine.name,
         "model": engine.model_id,
@@ -354,7 +356,7 @@ def object_figures(tag: str) -> tuple[int, dict[str, str]]:
         "speaker-encoding": "utf-8-hex",
         "lang": "",
         "sample-rate": str(engine.sample_rate),
-        "duration-seconds": f"{duration_seconds(samples, engine.sample_rate):.3f}",
+        "duration-seconds": f"{seconds:.3f}",
         "text-sha256": "0" * 64,
     }
     return len(data), metadata
