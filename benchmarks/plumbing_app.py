@@ -20,6 +20,11 @@ from celery.signals import celeryd_init, worker_process_init
 from core.settings import Settings
 from core.storage import AudioStore
 
+# Imported by the node's parent before the pool forks (numpy, soundfile), as the pipeline's
+# parent loads its engine: a pool process's first task does not pay for the imports.
+from worker.audio import encode
+from worker.engines.fake import FakeSynthesizer
+
 NOOP = "bench.noop"
 S3 = "bench.s3"
 SPEAKER = "英文女"
@@ -68,9 +73,6 @@ def _payload(text: str) -> bytes:
 
 def fake_object(text: str) -> bytes:
     """The WAV object the pipeline's fake engine makes for `text` (the same bytes)."""
-    from worker.audio import encode
-    from worker.engines.fake import FakeSynthesizer
-
     engine = FakeSynthesizer()
     samples = engine.synthesize(text, speaker=SPEAKER, lang=None)
     return encode(samples, sample_rate=engine.sample_rate, fmt="wav")
