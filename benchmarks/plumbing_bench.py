@@ -307,9 +307,12 @@ class Bench:
         finally:
             node.stop(name)
         figures = run_figures(self.events.of(hostname))
-        figures["cpu_ms_per_task"] = {
-            who: round((after[who] - before[who]) * 1000 / max(counted, 1), 2) for who in before
-        }
+        # None when every job ran before the node was seen ready (tiny runs).
+        figures["cpu_ms_per_task"] = (
+            {who: round((after[who] - before[who]) * 1000 / counted, 2) for who in before}
+            if counted > 0
+            else None
+        )
         return figures
 
     def _terminal(self, hostname: str) -> int:
