@@ -36,6 +36,9 @@ worker_concurrency = _pool.concurrency
 task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
+# A pool process is replaced after this many jobs (0 = never); its counts stay in the node's
+# metric files (worker/node_metrics.py).
+worker_max_tasks_per_child = _settings.max_tasks_per_child or None
 # Above the longest allowed job (core.delivery.visibility_timeout_seconds), or a slow job would
 # be handed to a second worker while the first still runs it.
 _visibility = _settings.visibility_timeout_seconds

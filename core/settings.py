@@ -101,6 +101,15 @@ class Settings:
     # 0 derives the broker's visibility timeout from the time limits (core.delivery); fault
     # tests set a short one.
     visibility_timeout: int = 0
+    # Where each worker node keeps its processes' metric files (one folder per node name; a node
+    # restarted under its name resumes its counts). Empty: <system temp dir>/tts-batch-metrics.
+    metrics_dir: str = ""
+    # A node pushes its group at least this often (its pool processes' counts reach the
+    # Pushgateway within this, and push_time_seconds stays fresh).
+    metrics_push_seconds: float = 2.0
+    # Jobs a prefork pool process runs before it is replaced (Celery's
+    # worker_max_tasks_per_child; a guard against slow leaks); 0 = never.
+    max_tasks_per_child: int = 0
     # How often a worker node looks for jobs that started, have no outcome and whose message
     # exists nowhere any more (queue, unacked set): it records them as failed `worker_lost`
     # after two looks (worker/parent/reconciler.py). 0 = never.

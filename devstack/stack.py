@@ -279,8 +279,11 @@ class LocalStack:
 
     def _stack_settings(self, ctx: ServiceContext) -> Settings:
         host, ports = self.layout.host, self.layout.ports
+        base = self.base_settings or Settings()
         return replace(
-            self.base_settings or Settings(),
+            base,
+            # The workers' metric files, one folder per node, live with the stack's state.
+            metrics_dir=base.metrics_dir or str(self.layout.state_dir / "metrics"),
             broker_url=redis_url(ctx),
             result_backend="",
             s3_endpoint=f"http://{host}:{ports.s3}",

@@ -26,6 +26,9 @@ def _panel_json(panel: Panel, index: int) -> dict[str, Any]:
     defaults: dict[str, Any] = {"unit": panel.unit, "min": 0}
     if panel.y_max is not None:
         defaults["max"] = panel.y_max
+    if panel.no_value:
+        # Shown instead of "No data" when the queries return nothing (a ratio's "no traffic").
+        defaults["noValue"] = panel.no_value
     return {
         "id": index + 1,
         "type": "timeseries",

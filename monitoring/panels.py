@@ -19,7 +19,16 @@ RATE_INTERVAL = "$__rate_interval"
 
 # Pushed metrics carry the grouping key's job label (core.contract.PUSH_JOB); the Pushgateway's
 # own per-group push_time_seconds carries it too, so filter on it to see only worker groups.
+# Each worker node pushes one group, {job, worker}: "by (worker)" is one series per node.
 WORKER_JOB = PUSH_JOB
+
+# A ratio of outcomes over fewer finished jobs than this in its window is no value ("no
+# traffic"), not 0% or 100%: under 10 jobs one outcome moves it by over 10 points, and at the
+# tail of a batch one retried failure alone read error 100%, success 0%.
+MIN_RATIO_JOBS = 10
+NO_TRAFFIC = f"no traffic (under {MIN_RATIO_JOBS} finished jobs a window)"
+# The axis top of a ratio that cannot pass 100%: above it, so a line at 100% is not on the frame.
+RATIO_TOP = 1.05
 
 
 @dataclass(frozen=True)
@@ -38,7 +47,10 @@ class Query:
 class Panel:
     """A dashboard panel: a title, its queries, a Grafana unit id and a one-line help text.
 
-    `y_max` caps the y axis (1 for ratios that cannot exceed 100%); the minimum is always 0.
+    `y_max` is the y axis's top for values with a ceiling, set above the ceiling (RATIO_TOP for
+    a ratio that cannot pass 100%) so that a line at the ceiling stays off the frame; the
+    minimum is always 0. `no_value` is what the panel says when its queries return nothing
+    (Grafana's "No data"); `all_zero` what the PNG says when every series stays at 0.
     """
 
     title: str
@@ -46,6 +58,8 @@ class Panel:
     unit: str = "short"
     description: str = ""
     y_max: float | None = None
+    no_value: str = ""
+    all_zero: str = ""
 
     def promql(self, rate_window: str = "1m") -> list[str]:
         """Every query of the panel as plain PromQL."""
@@ -66,6 +80,8 @@ def _quantiles(metric: str, by: str = "") -> tuple[Query, ...]:
 
 
 _R = RATE_INTERVAL
+# Appended to a ratio: no value unless the window holds MIN_RATIO_JOBS finished jobs.
+_ENOUGH_JOBS = f" and on () sum(increase(tts_tasks_total[{_R}])) >= {MIN_RATIO_JOBS}"
 
 PANELS: tuple[Panel, ...] = (
     Panel(
@@ -91,25 +107,33 @@ PANELS: tuple[Panel, ...] = (
         (
             Query(
                 f"sum by (reason) (rate(tts_errors_total[{_R}]))"
-                f" / ignoring (reason) group_left sum(rate(tts_tasks_total[{_R}]))",
+                f" / ignoring (reason) group_left sum(rate(tts_tasks_total[{_R}]))" + _ENOUGH_JOBS,
                 "{{reason}}",
             ),
         ),
         unit="percentunit",
-        description="Error events per finished job, by reason (retried errors count each time).",
+        description=(
+            "Error events per finished job, by reason (retried errors count each time); "
+            f"no value under {MIN_RATIO_JOBS} finished jobs a window."
+        ),
+        no_value=NO_TRAFFIC,
     ),
     Panel(
         "Success ratio",
         (
             Query(
                 f'sum(rate(tts_tasks_total{{status=~"succeeded|cached"}}[{_R}]))'
-                f" / sum(rate(tts_tasks_total[{_R}]))",
+                f" / sum(rate(tts_tasks_total[{_R}]))" + _ENOUGH_JOBS,
                 "succeeded or cached",
             ),
         ),
         unit="percentunit",
-        description="Share of finished jobs that succeeded (a cache hit is a success).",
-        y_max=1,
+        description=(
+            "Share of finished jobs that succeeded (a cache hit is a success); "
+            f"no value under {MIN_RATIO_JOBS} finished jobs a window."
+        ),
+        y_max=RATIO_TOP,
+        no_value=NO_TRAFFIC,
     ),
     Panel(
         "Real-time factor",
@@ -136,18 +160,25 @@ PANELS: tuple[Panel, ...] = (
             Query("sum(tts_queue_unacked)", "taken, not acked"),
         ),
         unit="short",
-        description="Messages waiting in Redis, and messages taken by workers not yet acked.",
+        description=(
+            "Messages waiting in Redis, and taken by workers not yet acked, as read at each "
+            "scrape: a queue that fills and drains between two scrapes does not show."
+        ),
+        all_zero="no message waiting at any scrape",
     ),
     Panel(
         "Worker freshness",
         (
             Query(
-                f'time() - max by (worker, process) (push_time_seconds{{job="{WORKER_JOB}"}})',
-                "{{worker}} pid {{process}}",
+                f'max by (worker) (time() - push_time_seconds{{job="{WORKER_JOB}"}})',
+                "{{worker}}",
             ),
         ),
         unit="s",
-        description="Seconds since each worker process last pushed to the Pushgateway.",
+        description=(
+            "Seconds since each worker node last pushed: below its heartbeat (2 s) plus the "
+            "scrape interval while it lives; a climbing line is a node that stopped pushing."
+        ),
     ),
     Panel(
         "Task duration",

@@ -19,6 +19,8 @@ COMPOSE_TARGETS = {
     "exporter": "queue-exporter:9808",
 }
 COMPOSE_SCRAPE_INTERVAL = "15s"
+# The queue exporter's scrape job (the PNG renderer reads its scrape interval by this name).
+QUEUE_JOB = "tts_queue"
 
 _HEADER = """\
 # Prometheus configuration for tts-batch.
@@ -41,7 +43,7 @@ def render_prometheus_config(
 ) -> str:
     """Return prometheus.yml text scraping the given `host:port` targets.
 
-    The Pushgateway job keeps the pushed `job`, `worker` and `process` labels (honor_labels);
+    The Pushgateway job keeps the pushed `job` and `worker` labels (honor_labels);
     `flower` (Flower's /metrics) and `exporter` (the queue exporter) are left out when None.
     Rule files are every `*.yml` in `rules_dir`; a relative directory is resolved by Prometheus
     against the configuration file's own directory.
@@ -54,7 +56,7 @@ def render_prometheus_config(
     if flower is not None:
         jobs.append(_job("flower", flower, extra="    metrics_path: /metrics\n"))
     if exporter is not None:
-        jobs.append(_job("tts_queue", exporter))
+        jobs.append(_job(QUEUE_JOB, exporter))
     return (
         _HEADER
         + "global:\n"

@@ -1,7 +1,9 @@
 """Render the dashboard's panels from a live Prometheus into one PNG, for users without Grafana.
 
 Runs every query of `monitoring.panels.PANELS` through Prometheus's `query_range` API and draws
-them with matplotlib (imported only when drawing, so the producer stays light):
+them with matplotlib (imported only when drawing, so the producer stays light). The drawn range
+is fitted to the activity (jobs finishing, messages queued or in progress) found in the asked
+one, so a short batch fills the panels instead of a sliver at their right edge:
 
     python -m monitoring.render_png --prometheus http://127.0.0.1:19090 --out dash.png
 """
@@ -25,6 +27,7 @@ from typing import Any
 from core.errors import DashboardError
 from core.settings import LOCAL_PORTS
 from monitoring.panels import PANELS, Panel
+from monitoring.prometheus_config import QUEUE_JOB
 
 # Enough points for a smooth line, few enough for Prometheus's 11,000-point limit.
 POINTS_PER_PANEL = 240
@@ -32,6 +35,14 @@ POINTS_PER_PANEL = 240
 DEFAULT_RATE_WINDOW = "1m"
 COLUMNS = 3
 MAX_LEGEND_ENTRIES = 8
+# Around the activity of a fitted range: a tenth of its length, at least this many seconds, and at
+# least the step of the asked range's query (which found the activity to within one step).
+FIT_MARGIN_S = 10.0
+# A series with this few values is drawn with dots too: a lone point makes no line.
+SPARSE_POINTS = 3
+# Lines above the axes' frame (matplotlib's spines are at zorder 2.5): a value on the frame stays
+# visible.
+LINE_ZORDER = 3
 
 
 @dataclass(frozen=True)
@@ -49,6 +60,8 @@ class PanelData:
 
     panel: Panel
     series: list[Series]
+    # Said after the panel's caption when it has nothing to draw (e.g. the scrape interval).
+    note: str = ""
 
 
 def _legend(template: str, labels: dict[str, str]) -> str:
@@ -80,18 +93,24 @@ def query_range(
     return result
 
 
+def _step(start: float, end: float) -> float:
+    return max(1.0, round((end - start) / POINTS_PER_PANEL))
+
+
 def query_panels(
     prometheus_url: str,
     *,
     minutes: int = 30,
     end: float | None = None,
+    start: float | None = None,
     rate_window: str = DEFAULT_RATE_WINDOW,
     panels: Sequence[Panel] = PANELS,
 ) -> list[PanelData]:
-    """Run every panel's queries over the last `minutes` (up to `end`, default now)."""
+    """Run every panel's queries from `start` (default `minutes` before `end`) to `end`
+    (default now)."""
     end = time.time() if end is None else end
-    start = end - minutes * 60
-    step = max(1.0, round(minutes * 60 / POINTS_PER_PANEL))
+    start = end - minutes * 60 if start is None else start
+    step = _step(start, end)
     out = []
     for panel in panels:
         series = []
@@ -110,6 +129,93 @@ def query_panels(
                 )
         out.append(PanelData(panel, series))
     return out
+
+
+def activity_query(rate_window: str = DEFAULT_RATE_WINDOW) -> str:
+    """PromQL that has a value (1) exactly when something happens: jobs finish within the rate
+    window, or messages wait or are in progress at a scrape."""
+    return (
+        f"(sum(rate(tts_tasks_total[{rate_window}])) > 0"
+        " or sum(tts_queue_depth) > 0 or sum(tts_queue_unacked) > 0) * 0 + 1"
+    )
+
+
+def fitted_range(
+    prometheus_url: str,
+    *,
+    start: float,
+    end: float,
+    rate_window: str = DEFAULT_RATE_WINDOW,
+) -> tuple[float, float]:
+    """The part of [start, end] with activity (`activity_query`), widened by a margin on each
+    side; the whole of [start, end] when nothing happened in it."""
+    result = query_range(
+        prometheus_url, activity_query(rate_window), start=start, end=end, step=_step(start, end)
+    )
+    times = [float(t) for item in result for t, _ in item.get("values", [])]
+    return fit_span(times, start=start, end=end)
+
+
+def fit_span(times: Sequence[float], *, start: float, end: float) -> tuple[float, float]:
+    """[first, last] of `times` widened by a tenth of its length on each side (at least
+    FIT_MARGIN_S, and the query step that found them), within [start, end]; all of [start, end]
+    when `times` is empty."""
+    if not times:
+        return start, end
+    first, last = min(times), max(times)
+    margin = max(FIT_MARGIN_S, 0.1 * (last - first), _step(start, end))
+    return max(start, first - margin), min(end, last + margin)
+
+
+def _instant(prometheus_url: str, expr: str, at: float) -> float | None:
+    """The single value of an instant query at `at`, or None if it returned none."""
+    params = urllib.parse.urlencode({"query": expr, "time": at})
+    try:
+        with urllib.request.urlopen(
+            f"{prometheus_url.rstrip('/')}/api/v1/query?{params}", timeout=30
+        ) as resp:
+            body = json.loads(resp.read())
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise DashboardError(f"cannot query {prometheus_url}: {exc}") from exc
+    result = body.get("data", {}).get("result", [])
+    return float(result[0]["value"][1]) if len(result) == 1 else None
+
+
+def scrape_interval(prometheus_url: str, job: str) -> float | None:
+    """The scrape interval (seconds) of an active target of `job`, or None if none is known."""
+    url = f"{prometheus_url.rstrip('/')}/api/v1/targets?state=active"
+    try:
+        with urllib.request.urlopen(url, timeout=30) as resp:
+            body = json.loads(resp.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+    for target in body.get("data", {}).get("activeTargets", []):
+        if target.get("labels", {}).get("job") == job:
+            return _seconds(str(target.get("scrapeInterval", "")))
+    return None
+
+
+def _seconds(duration: str) -> float | None:
+    """A Prometheus duration with one unit ("5s", "1m", "500ms") in seconds."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m|h)", duration)
+    if match is None:
+        return None
+    return float(match.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+
+
+def zero_note(prometheus_url: str, *, start: float, end: float) -> str:
+    """What a panel at 0 throughout (the queue depth) should add: how often it was read, and how
+    many jobs finished meanwhile (a queue that drains between two scrapes is never seen)."""
+    parts = []
+    interval = scrape_interval(prometheus_url, QUEUE_JOB)
+    if interval is not None:
+        parts.append(f"read every {interval:g} s")
+    finished = _instant(
+        prometheus_url, f"sum(increase(tts_tasks_total[{max(1, int(end - start))}s]))", end
+    )
+    if finished is not None and math.isfinite(finished) and round(finished) > 0:
+        parts.append(f"yet about {round(finished)} jobs finished")
+    return ", ".join(parts)
 
 
 def _finite(raw: str) -> float:
@@ -136,6 +242,14 @@ def _visible(series: Sequence[Series]) -> list[Series]:
 
 def _any_finite(series: Sequence[Series]) -> bool:
     return any(not math.isnan(v) for s in series for v in s.values)
+
+
+def caption(item: PanelData) -> str:
+    """What a panel with no line to draw says instead."""
+    if _any_finite(item.series):
+        text = item.panel.all_zero or "0 throughout"
+        return f"{text}\n({item.note})" if item.note else text
+    return item.panel.no_value or "no data"
 
 
 def draw(
@@ -174,17 +288,27 @@ def draw(
         shown = _visible(item.series)
         for series in shown:
             times = [datetime.fromtimestamp(t, tz=UTC) for t in series.times]
-            ax.plot(times, series.values, linewidth=1.5, label=series.label)
+            sparse = sum(not math.isnan(v) for v in series.values) <= SPARSE_POINTS
+            ax.plot(
+                times,
+                series.values,
+                linewidth=1.5,
+                label=series.label,
+                zorder=LINE_ZORDER,
+                marker="o" if sparse else None,
+                markersize=3,
+            )
         if not shown:
             ax.text(
                 0.5,
                 0.5,
-                "0 throughout" if _any_finite(item.series) else "no data",
+                caption(item),
                 ha="center",
                 va="center",
                 transform=ax.transAxes,
                 color="grey",
-                fontsize=12,
+                fontsize=11,
+                wrap=True,
             )
             continue
         ax.set_ylim(bottom=0, top=item.panel.y_max)
@@ -201,7 +325,8 @@ def draw(
     for ax in list(axes.flat)[len(data) :]:
         ax.set_visible(False)
     fig.suptitle(title, fontsize=13)
-    fig.tight_layout()
+    # Keep the top half inch for the title: tight_layout alone lets panel titles run into it.
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=90)
     plt.close(fig)
@@ -214,19 +339,48 @@ def render_dashboard(
     *,
     minutes: int = 30,
     rate_window: str = DEFAULT_RATE_WINDOW,
+    fit: bool = True,
+    end: float | None = None,
 ) -> Path:
-    """Query every dashboard panel over the last `minutes` and write them as one PNG at `out`.
+    """Query every dashboard panel over the last `minutes` (to `end`, default now) and write them
+    as one PNG at `out`. With `fit`, draw only the part with activity, plus a margin.
 
     Raises DashboardError if Prometheus cannot be reached or refuses a query, or if matplotlib
     is not installed.
     """
-    end = time.time()
-    data = query_panels(prometheus_url, minutes=minutes, end=end, rate_window=rate_window)
-    stamp = datetime.fromtimestamp(end, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    title = (
-        f"tts-batch: {prometheus_url}, last {minutes} min to {stamp} (rate window {rate_window})"
+    end = time.time() if end is None else end
+    asked = (end - minutes * 60, end)
+    lo, hi = asked
+    if fit:
+        lo, hi = fitted_range(prometheus_url, start=lo, end=hi, rate_window=rate_window)
+    data = query_panels(prometheus_url, start=lo, end=hi, rate_window=rate_window)
+    note = zero_note(prometheus_url, start=lo, end=hi)
+    data = [PanelData(d.panel, d.series, note if d.panel.all_zero else "") for d in data]
+    return draw(
+        data, out, title=_title(prometheus_url, (lo, hi), asked, rate_window), span=(lo, hi)
     )
-    return draw(data, out, title=title, span=(end - minutes * 60, end))
+
+
+def _title(
+    prometheus_url: str,
+    span: tuple[float, float],
+    asked: tuple[float, float],
+    rate_window: str,
+) -> str:
+    def clock(t: float) -> str:
+        return datetime.fromtimestamp(t, tz=UTC).strftime("%H:%M:%S")
+
+    day = datetime.fromtimestamp(span[1], tz=UTC).strftime("%Y-%m-%d")
+    minutes = round((asked[1] - asked[0]) / 60)
+    fitted = (
+        f"fitted to the activity in the last {minutes} min"
+        if span != asked
+        else f"the last {minutes} min"
+    )
+    return (
+        f"tts-batch: {prometheus_url}, {day} {clock(span[0])} to {clock(span[1])} UTC "
+        f"({fitted}; rate window {rate_window})"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -240,10 +394,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("dashboard.png"))
     parser.add_argument("--minutes", type=int, default=30)
     parser.add_argument("--rate-window", default=DEFAULT_RATE_WINDOW)
+    parser.add_argument(
+        "--full-range",
+        action="store_true",
+        help="draw all of --minutes, not only the part with activity",
+    )
     args = parser.parse_args(argv)
     try:
         path = render_dashboard(
-            args.prometheus, args.out, minutes=args.minutes, rate_window=args.rate_window
+            args.prometheus,
+            args.out,
+            minutes=args.minutes,
+            rate_window=args.rate_window,
+            fit=not args.full_range,
         )
     except DashboardError as exc:
         raise SystemExit(f"error: {exc}") from None

@@ -166,7 +166,15 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("dashboard", help="render the Grafana dashboard's panels to a PNG")
     p.add_argument("--prometheus", default=None, help="Prometheus URL (default: the local stack's)")
     p.add_argument("--out", type=Path, default=Path("out/dashboard.png"))
-    p.add_argument("--minutes", type=int, default=30, help="time range to draw")
+    p.add_argument(
+        "--minutes",
+        type=int,
+        default=30,
+        help="look this far back; the PNG is fitted to the activity found there",
+    )
+    p.add_argument(
+        "--full-range", action="store_true", help="draw all of --minutes, not only the activity"
+    )
     p.set_defaults(run=_cmd_dashboard)
 
     p = sub.add_parser("cosyvoice", help="CosyVoice engine tools")
@@ -488,7 +496,7 @@ def _cmd_dashboard(args: argparse.Namespace, settings: Settings) -> int:
 
     url = args.prometheus or f"http://127.0.0.1:{LOCAL_PORTS['prometheus']}"
     try:
-        path = render_dashboard(url, args.out, minutes=args.minutes)
+        path = render_dashboard(url, args.out, minutes=args.minutes, fit=not args.full_range)
     except DashboardError as exc:
         print(f"tts-batch: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -149,6 +149,12 @@ def queued_messages(settings: Settings) -> list[dict[str, Any]]:
     return out
 
 
+# What a job message may hold (core.contract.build_message).
+MESSAGE_FIELDS = {
+    *("v", "job_id", "batch_id", "text", "speaker", "lang", "format", "enqueued_at", "send_id"),
+}
+
+
 def test_producer_accepts_markup_and_unknown_fields_as_plain_text(settings: Settings) -> None:
     rows = [apply({**GOOD_ROW, "id": name}, changes) for name, changes in ACCEPTED.items()]
     batch = Producer(settings).submit_batch(rows, batch_id="accepted")
@@ -159,10 +165,7 @@ def test_producer_accepts_markup_and_unknown_fields_as_plain_text(settings: Sett
     assert "<speak>Hello <break time='20s'/> world</speak>" in texts
     assert "Mind the gap" in texts
     assert not any(ch in text for text in texts for ch in "\x00\x07\x1b\ud800")
-    assert all(
-        set(m) <= {"v", "job_id", "batch_id", "text", "speaker", "lang", "format", "enqueued_at"}
-        for m in queued_messages(settings)
-    )
+    assert all(set(m) <= MESSAGE_FIELDS for m in queued_messages(settings))
 
 
 # ---- worker ---------------------------------------------------------------------------------

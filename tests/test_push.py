@@ -1,5 +1,6 @@
 """The pusher against a real local HTTP server: PUT of the whole registry under
-{job, worker, process}, coalescing, failures never raised, DELETE on close."""
+{job, worker}, coalescing, failures never raised, the group kept on close (DELETE only when
+asked)."""
 
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ def wait_for(predicate: object, timeout: float = 5.0) -> None:
     raise AssertionError("condition not met in time")
 
 
-def test_put_whole_registry_under_worker_and_process(
+def test_put_whole_registry_under_the_worker_node(
     server: tuple[str, type[Recorder]],
 ) -> None:
     url, handler = server
@@ -61,18 +62,20 @@ def test_put_whole_registry_under_worker_and_process(
     metrics.outcome("succeeded")
     metrics.error("engine_error")
     pusher = BackgroundPusher(
-        metrics.registry, url=url, grouping_key=grouping_key("w1@host", 123), min_interval=0.05
+        metrics.registry, url=url, grouping_key=grouping_key("w1@host"), min_interval=0.05
     ).start()
     pusher.notify()
     wait_for(lambda: len(handler.requests) >= 1)
     method, path, body = handler.requests[0]
     assert method == "PUT"
-    assert path == "/metrics/job/tts_worker/process/123/worker/w1%40host"
+    assert path == "/metrics/job/tts_worker/worker/w1%40host"
     text = body.decode()
     assert 'tts_tasks_total{status="succeeded"} 1.0' in text
     assert 'tts_errors_total{reason="engine_error"} 1.0' in text
     assert "tts_inference_duration_seconds_bucket" in text
     pusher.close()
+    assert handler.requests[-1][0] == "PUT"
+    pusher.close(delete=True)
     assert handler.requests[-1][:2] == ("DELETE", path)
 
 
@@ -80,7 +83,7 @@ def test_bursts_are_coalesced(server: tuple[str, type[Recorder]]) -> None:
     url, handler = server
     metrics = WorkerMetrics(engine="fake")
     pusher = BackgroundPusher(
-        metrics.registry, url=url, grouping_key=grouping_key("w", 1), min_interval=0.5
+        metrics.registry, url=url, grouping_key=grouping_key("w"), min_interval=0.5
     ).start()
     for _ in range(200):
         metrics.outcome("succeeded")
@@ -97,7 +100,7 @@ def test_outage_never_raises_and_catches_up(server: tuple[str, type[Recorder]]) 
     handler.status = 503
     metrics = WorkerMetrics(engine="fake")
     pusher = BackgroundPusher(
-        metrics.registry, url=url, grouping_key=grouping_key("w", 2), min_interval=0.05
+        metrics.registry, url=url, grouping_key=grouping_key("w"), min_interval=0.05
     ).start()
     metrics.outcome("failed")
     pusher.notify()

@@ -20,9 +20,10 @@ from core.errors import StorageAuthError, StorageError
 from core.redis_conn import connect
 from core.settings import Settings
 from core.storage import AudioStore
+from worker import node_metrics
 from worker.lease import ContentLease
 from worker.pipeline import WorkerContext
-from worker.push import BackgroundPusher, start_metrics
+from worker.push import BackgroundPusher, process_metrics, start_pusher
 from worker.synth import Synthesizer, load_engine
 
 log = logging.getLogger(__name__)
@@ -75,9 +76,17 @@ def build_context(
             # checked the keys before the pool started (worker.parent.preflight).
             log.warning("could not check the bucket at start-up: %s", exc)
     name = worker_name()
-    metrics, pusher = start_metrics(
-        engine, load_seconds=load_seconds, worker=name, pushgateway_url=settings.pushgateway_url
-    )
+    metrics = process_metrics(engine, load_seconds=load_seconds)
+    # In a worker node the parent pushes the node's sum (worker/parent/consumer.py); a context
+    # built anywhere else (a test, a benchmark) pushes its own process's metrics as a node.
+    pusher = None
+    if node_metrics.enabled_dir() is None:
+        pusher = start_pusher(
+            metrics.registry,
+            worker=name,
+            pushgateway_url=settings.pushgateway_url,
+            heartbeat=settings.metrics_push_seconds,
+        )
     observe_steps = getattr(engine, "set_step_observer", None)
     if callable(observe_steps):
         observe_steps(metrics.decode_step)
@@ -153,7 +162,7 @@ def pusher() -> BackgroundPusher | None:
 
 
 def stop_process() -> None:
-    """Final metrics push and removal of this process's group."""
+    """Final metrics push of a process that pushes its own (outside a worker node)."""
     current = pusher()
     if current is not None:
         current.close()

@@ -37,7 +37,7 @@ from core.errors import (
     WorkerLost,
 )
 from core.settings import Settings
-from worker import engine_host, runtime
+from worker import engine_host, node_metrics, runtime
 from worker.app import app
 from worker.parent import broker_guard, consumer, outcomes, preflight, reconciler
 from worker.pipeline import WorkerContext, parse, record_failure, run_job
@@ -48,23 +48,24 @@ log = logging.getLogger(__name__)
 @celeryd_after_setup.connect
 def _remember_node_name(sender: str, **_: Any) -> None:
     runtime.set_worker_name(sender)
+    # Before any metric exists: every process of the node counts in files the parent sums.
+    settings = Settings.from_env()
+    node_metrics.enable(node_metrics.node_dir(settings.metrics_dir, sender))
 
 
 @worker_ready.connect
 def _start_parent(sender: Any, **_: Any) -> None:
     settings = Settings.from_env()
-    shared = None
     if runtime.in_process_pool():
-        # This process is the pool too: one registry and one pusher for both roles.
+        # This process is the pool too: its context (and metrics) serve both roles.
         engine_host.init_pool_process()
-        ctx = runtime.context()
-        shared = consumer.SharedMetrics(ctx.metrics, runtime.pusher())
+        runtime.context()
     consumer.start_parent(
         worker=runtime.worker_name(),
         pushgateway_url=settings.pushgateway_url,
+        push_seconds=settings.metrics_push_seconds,
         engine=engine_host.current(),
         load_seconds=engine_host.load_seconds(),
-        shared=shared,
     )
     reconciler.start_reconciler(settings.reconcile_seconds, outcomes.recorder)
 
@@ -149,6 +150,8 @@ def synthesize(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
         current = runtime.pusher()
         if current is not None:
             current.notify()
+        else:
+            consumer.push_soon()  # batched mode: the node's pusher is in this process
 
 
 def _run(

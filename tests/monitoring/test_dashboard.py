@@ -3,6 +3,7 @@ promtool, and only known metric names used."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import shutil
@@ -13,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from monitoring.grafana import DASHBOARD_FILE, DATASOURCE, build_dashboard, dashboard_text
-from monitoring.panels import PANELS, RATE_INTERVAL, Query
+from monitoring.panels import MIN_RATIO_JOBS, NO_TRAFFIC, PANELS, RATE_INTERVAL, Query
+from worker.push import DURATION_BUCKETS, QUEUE_WAIT_BUCKETS
 
 ROOT = Path(__file__).resolve().parents[2]
 PROVISIONING = ROOT / "compose" / "grafana" / "provisioning"
@@ -104,7 +106,10 @@ def test_required_panels_are_present() -> None:
     assert "tts_inference_duration_seconds_sum" in exprs["Real-time factor"]
     assert "tts_queue_wait_seconds_bucket" in exprs["Queue wait"]
     assert "tts_queue_depth" in exprs["Queue depth"]
-    assert "time() - max by (worker, process) (push_time_seconds" in exprs["Worker freshness"]
+    assert (
+        'max by (worker) (time() - push_time_seconds{job="tts_worker"})'
+        in exprs["Worker freshness"]
+    )
     assert "rate(tts_engine_batch_size_sum" in exprs["Engine batch size"]
     assert "rate(tts_engine_speech_tokens_total" in exprs["Speech tokens per second"]
 
@@ -167,3 +172,44 @@ def test_monitoring_modules_import_light() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     ).stdout
     assert not {"matplotlib", "numpy", "prometheus_client"} & set(out.split())
+
+
+def test_worker_grouping_has_no_process_label() -> None:
+    # One Pushgateway group per worker node, {job, worker}: nothing may group or filter by pid.
+    files = [DASHBOARD_FILE, *(ROOT / "compose" / "prometheus").glob("*/*.yml")]
+    texts = {str(f): f.read_text(encoding="utf-8") for f in files}
+    texts["panels"] = "\n".join(q.expr + q.legend for p in PANELS for q in p.queries)
+    for name, text in texts.items():
+        assert not re.search(r"\bprocess\b\s*[=:)]|\{\{\s*process|\$labels\.process", text), name
+
+
+def test_ratios_need_traffic_and_say_so(dashboard: dict[str, object]) -> None:
+    guard = f"and on () sum(increase(tts_tasks_total[{RATE_INTERVAL}])) >= {MIN_RATIO_JOBS}"
+    by_title = {p["title"]: p for p in dashboard["panels"]}  # type: ignore[attr-defined]
+    for title in ("Success ratio", "Error ratio by reason"):
+        [panel] = [p for p in PANELS if p.title == title]
+        assert all(q.expr.endswith(guard) for q in panel.queries), title
+        assert panel.no_value == NO_TRAFFIC
+        assert by_title[title]["fieldConfig"]["defaults"]["noValue"] == NO_TRAFFIC
+
+
+def test_a_ratio_at_100_percent_is_not_on_the_frame(dashboard: dict[str, object]) -> None:
+    for panel in PANELS:
+        if panel.unit == "percentunit" and panel.y_max is not None:
+            # Drawn by Grafana and the PNG with the axis top above 100%.
+            assert panel.y_max > 1, panel.title
+    by_title = {p["title"]: p for p in dashboard["panels"]}  # type: ignore[attr-defined]
+    assert by_title["Success ratio"]["fieldConfig"]["defaults"]["max"] > 1
+
+
+def test_histogram_buckets_resolve_the_range_that_occurs() -> None:
+    # A batch larger than the fleet waits for minutes: queue wait needs bounds between 60 and
+    # 300 s, and from 10 s on no bucket wider than 1.5x (a quantile is interpolated inside one).
+    for buckets in (QUEUE_WAIT_BUCKETS, DURATION_BUCKETS):
+        assert list(buckets) == sorted(set(buckets))
+        assert any(60 < b < 300 for b in buckets)
+        pairs = list(itertools.pairwise(buckets))
+        assert all(hi / lo <= 2 for lo, hi in pairs if lo >= 1), buckets
+        assert all(hi / lo <= 1.5 for lo, hi in pairs if lo >= 10), buckets
+    assert QUEUE_WAIT_BUCKETS[-1] >= 7200
+    assert DURATION_BUCKETS[-1] >= 1800

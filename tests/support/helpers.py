@@ -54,13 +54,12 @@ def pushgateway_samples(url: str, name: str) -> list[tuple[dict[str, str], float
     return out
 
 
-def tasks_by_process(url: str, worker: str | None = None) -> dict[str, float]:
-    """Sum of tts_tasks_total per process label (optionally of one worker node)."""
+def tasks_by_worker(url: str) -> dict[str, float]:
+    """tts_tasks_total summed over statuses, per worker node's group."""
     totals: dict[str, float] = {}
     for labels, value in pushgateway_samples(url, "tts_tasks_total"):
-        if labels.get("job") != "tts_worker" or (worker and labels.get("worker") != worker):
-            continue
-        totals[labels["process"]] = totals.get(labels["process"], 0.0) + value
+        if labels.get("job") == "tts_worker":
+            totals[labels["worker"]] = totals.get(labels["worker"], 0.0) + value
     return totals
 
 
@@ -79,13 +78,11 @@ def run_cli(
     )
 
 
-def wait_for_task_counts(
-    url: str, worker: str, total: float, *, timeout: float = 30
-) -> dict[str, float]:
-    """Poll the Pushgateway until `worker`'s groups count `total` tasks; per-process counts."""
-    counted: dict[str, float] = wait_until(
-        lambda: (t := tasks_by_process(url, worker)) and sum(t.values()) == total and t,
+def wait_for_task_counts(url: str, worker: str, total: float, *, timeout: float = 30) -> float:
+    """Poll the Pushgateway until `worker`'s group counts `total` tasks; returns that count."""
+    wait_until(
+        lambda: tasks_by_worker(url).get(worker) == total,
         timeout=timeout,
         what=f"{total:g} tasks counted for {worker} in the Pushgateway",
     )
-    return counted
+    return total

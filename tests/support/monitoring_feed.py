@@ -1,7 +1,8 @@
 """Realistic worker metrics pushed to a real Pushgateway, for the monitoring tests.
 
-A `SimWorker` stands for one worker process: its own cumulative registry with the DESIGN.md
-metric set, pushed whole (PUT) under {job="tts_worker", worker, process} as worker/push.py does.
+A `SimWorker` stands for one worker node: one cumulative registry with the DESIGN.md metric set
+(what the node's parent sums from its pool processes), pushed whole (PUT) under the node's one
+group {job="tts_worker", worker}, as the workers do. The buckets are worker/push.py's own.
 """
 
 from __future__ import annotations
@@ -11,19 +12,19 @@ import random
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, push_to_gateway
 
 from core.errors import ERROR_REASONS
-
-# The buckets of worker/push.py (copied: this branch does not have it yet).
-DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800)
-QUEUE_WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 1800, 3600, 7200)
-STORAGE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
-BATCH_SIZE_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+from worker.push import (
+    BATCH_SIZE_BUCKETS,
+    DURATION_BUCKETS,
+    QUEUE_WAIT_BUCKETS,
+    STORAGE_BUCKETS,
+)
 
 
 class SimWorker:
-    """One simulated worker process with cumulative counters, like worker/push.py's registry."""
+    """One simulated worker node with cumulative counters, like the registry a node pushes."""
 
-    def __init__(self, worker: str, pid: int, *, engine: str = "espeak", seed: int = 0) -> None:
-        self.grouping = {"worker": worker, "process": str(pid)}
+    def __init__(self, worker: str, *, engine: str = "espeak", seed: int = 0) -> None:
+        self.grouping = {"worker": worker}
         self.engine = engine
         self.rng = random.Random(seed)
         self.tasks = 0
@@ -73,11 +74,13 @@ class SimWorker:
         self.batch_size.labels(engine)
         self.speech_tokens.labels(engine)
 
-    def run_tasks(self, n: int) -> None:
-        """Account for `n` jobs: mostly successes, some cache hits, a few failures."""
+    def run_tasks(self, n: int, *, queue_wait: float | None = None) -> None:
+        """Account for `n` jobs: mostly successes, some cache hits, a few failures. Each waited
+        `queue_wait` seconds in the queue (default: random, 0.05-3 s)."""
         for _ in range(n):
             self.tasks += 1
-            self.queue_wait.observe(self.rng.uniform(0.05, 3.0))
+            wait = self.rng.uniform(0.05, 3.0) if queue_wait is None else queue_wait
+            self.queue_wait.observe(wait)
             self.storage.labels("lookup").observe(self.rng.uniform(0.005, 0.03))
             roll = self.rng.random()
             if roll < 0.1:
@@ -109,8 +112,28 @@ class SimWorker:
             self.task_duration.observe(infer + 0.1)
             self.outcomes.labels("succeeded").inc()
 
+    def succeed(self, n: int) -> None:
+        """Account for `n` jobs that succeeded at once (no error, no retry)."""
+        for _ in range(n):
+            self.tasks += 1
+            self.queue_wait.observe(0.1)
+            self.inference.labels(self.engine).observe(0.2)
+            self.audio.labels(self.engine).inc(2.0)
+            self.task_duration.observe(0.3)
+            self.outcomes.labels("succeeded").inc()
+
+    def retried_failure(self, reason: str = "storage_error") -> None:
+        """One job that failed, was retried once, and failed again for good."""
+        self.tasks += 1
+        self.failed += 1
+        self.queue_wait.observe(0.1)
+        self.errors.labels(reason).inc(2)
+        self.retries.labels(reason).inc()
+        self.task_duration.observe(0.5)
+        self.outcomes.labels("failed").inc()
+
     def push(self, gateway: str) -> None:
-        """PUT the whole registry under this process's grouping key."""
+        """PUT the whole registry under this node's grouping key."""
         push_to_gateway(
             gateway, job="tts_worker", registry=self.registry, grouping_key=self.grouping
         )

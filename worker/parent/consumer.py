@@ -1,12 +1,12 @@
-"""The Celery parent process's side of metrics.
+"""The Celery parent process's side of metrics: the node's one Pushgateway group.
 
-Messages that fail before any task code runs (a body that is not JSON or not UTF-8, a pickled
-body, an unknown task) are handled by the consumer in the parent: they are counted here as
-tts_errors_total{reason="bad_message"}, pushed under the parent's own {worker, process} group.
-The parent also runs the janitor that removes its dead children's groups. In batched mode the
-parent is the only process and runs the tasks too: it adopts the task side's metrics and pusher
-(`SharedMetrics`), since two registries PUT under one {worker, process} group would overwrite
-each other.
+The parent pushes the sum of every process of its node (worker/node_metrics.py) under
+{job="tts_worker", worker=<node>}, at least every `TTS_METRICS_PUSH_SECONDS`. Its own counts
+join that sum: messages that fail before any task code runs (a body that is not JSON or not
+UTF-8, a pickled body, an unknown task) are counted here as tts_errors_total{reason=
+"bad_message"}, and the failures the parent records for its pool (worker/parent/outcomes.py).
+In batched mode the parent is the only process and runs the tasks too; it and its task threads
+share the process's one WorkerMetrics (worker.push.node_process_metrics).
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 from celery.worker.consumer import Consumer
 
-from worker.parent.janitor import Janitor
-from worker.push import BackgroundPusher, WorkerMetrics, start_metrics
+from worker import node_metrics
+from worker.push import BackgroundPusher, WorkerMetrics, process_metrics, start_pusher
 from worker.synth import Synthesizer
 
 log = logging.getLogger(__name__)
@@ -27,46 +27,46 @@ log = logging.getLogger(__name__)
 _parent: dict[str, Any] = {}
 
 
-class SharedMetrics(NamedTuple):
-    """The registry and pusher the parent adopts when it runs the tasks itself."""
-
-    metrics: WorkerMetrics
-    pusher: BackgroundPusher | None
-
-
 def start_parent(
     *,
     worker: str,
     pushgateway_url: str,
+    push_seconds: float,
     engine: Synthesizer,
     load_seconds: float,
-    shared: SharedMetrics | None = None,
 ) -> None:
-    """Parent metrics and janitor; called once the worker is ready (after the pool forked).
-    The parent loaded the engine (engine_host.preload), so its group reports the load time."""
-    if shared is None:
-        metrics, pusher = start_metrics(
-            engine, load_seconds=load_seconds, worker=worker, pushgateway_url=pushgateway_url
+    """The parent's metrics and the node's pusher; called once the worker is ready (after the
+    pool forked). The parent loaded the engine (engine_host.preload), so it reports the load
+    time. (In batched mode these metrics are the task threads' too: one per process.)"""
+    metrics = process_metrics(engine, load_seconds=load_seconds)
+    metrics.up.set(1)
+    path = node_metrics.enabled_dir()
+    if path is None:  # counting in memory (not started as a node): this process alone
+        pusher = start_pusher(
+            metrics.registry, worker=worker, pushgateway_url=pushgateway_url, heartbeat=push_seconds
         )
     else:
-        metrics, pusher = shared
-    _parent.update(pid=os.getpid(), metrics=metrics)
-    if pusher is not None:
-        janitor = Janitor(pushgateway_url, worker=worker).start()
-        _parent.update(pusher=pusher, janitor=janitor)
+        pusher = start_pusher(
+            node_metrics.node_registry(path),
+            worker=worker,
+            pushgateway_url=pushgateway_url,
+            heartbeat=push_seconds,
+            before_push=lambda: node_metrics.forget_dead_processes(path),
+        )
+    _parent.update(pid=os.getpid(), metrics=metrics, pusher=pusher)
 
 
 def stop_parent() -> None:
-    """Final push and removal of the parent's group, then one last sweep for dead children."""
+    """A clean stop: `tts_worker_up` 0 and a final push. The group stays, with the node's final
+    counts (a sum over groups must not drop when a node stops); a node restarted under its name
+    pushes into it again."""
     if _parent.get("pid") != os.getpid():
         return
-    janitor, pusher = _parent.pop("janitor", None), _parent.pop("pusher", None)
-    if janitor is not None:
-        janitor.stop()
-    if pusher is not None:
+    metrics, pusher = _parent.get("metrics"), _parent.pop("pusher", None)
+    if isinstance(metrics, WorkerMetrics):
+        metrics.up.set(0)
+    if isinstance(pusher, BackgroundPusher):
         pusher.close()
-    if janitor is not None:
-        janitor.sweep()
 
 
 def parent_metrics() -> WorkerMetrics | None:

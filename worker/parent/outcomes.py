@@ -23,7 +23,7 @@ from core.settings import Settings
 from worker import runtime
 from worker.parent.consumer import parent_metrics, push_soon
 from worker.pipeline import message_ids, record_failure
-from worker.push import WorkerMetrics
+from worker.push import WorkerMetrics, node_process_metrics
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +66,7 @@ def recorder() -> ParentRecorder:
         current = _recorder.get(os.getpid())
         if current is None:
             settings = Settings.from_env()
-            # Unpushed when the parent has no registry yet (not ready): the record still counts.
-            metrics = parent_metrics() or WorkerMetrics(engine=settings.engine)
+            metrics = parent_metrics() or node_process_metrics(settings.engine)
             client = connect(settings, retry=runtime.patient_redis_retry())
             current = ParentRecorder(settings, client, metrics, runtime.worker_name())
             _recorder.clear()
