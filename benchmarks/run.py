@@ -22,6 +22,8 @@ def main() -> int:
         # fake and espeak, pushing on and off alternated, 3 rounds (~3 min); the full run
         # (5 rounds, longer phases) alone: python -m benchmarks.metrics_bench --out FILE.
         ["benchmarks.metrics_bench", "--quick", "--out", "bench-results/metrics.json"],
+        # The pipeline against a bare Celery task and one making only its S3 calls (~2.5 min).
+        ["benchmarks.plumbing_bench", "--quick", "--out", "bench-results/plumbing.json"],
     ]
     if not args.skip_cosyvoice:
         runs.append(["benchmarks.cosyvoice_bench", "--out", "bench-results/cosyvoice.json"])

@@ -47,6 +47,8 @@ class AudioStore:
     def __init__(self, client: Any, bucket: str) -> None:
         self._client = client
         self.bucket = bucket
+        # Conditional uploads until the server says it does not implement them.
+        self._conditional = True
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AudioStore:
@@ -111,21 +113,39 @@ class AudioStore:
         metadata = {k.lower(): v for k, v in response.get("Metadata", {}).items()}
         return StoredObject(key=key, size=int(response["ContentLength"]), metadata=metadata)
 
-    def put(self, key: str, data: bytes, *, fmt: str, metadata: dict[str, str]) -> None:
-        """Upload one object in a single PUT: readers see all of it or none of it."""
-        try:
-            self._client.put_object(
-                Bucket=self.bucket,
-                Key=key,
-                Body=data,
-                ContentType=CONTENT_TYPES.get(fmt, "application/octet-stream"),
-                Metadata=metadata,
-            )
-        except ClientError as exc:
-            _raise_if_auth(exc, f"upload of {key}")
-            raise StorageError(f"upload of {key} failed: {exc}") from exc
-        except BotoCoreError as exc:
-            raise StorageError(f"upload of {key} failed: {exc}") from exc
+    def put(self, key: str, data: bytes, *, fmt: str, metadata: dict[str, str]) -> bool:
+        """Upload one object in a single PUT, unless the key already holds one: readers see all
+        of it or none of it, and (where the server honours the condition) an object once
+        written is never replaced.
+
+        The PUT is conditional (`If-None-Match: *`): True when this call wrote the object,
+        False when the server refused it (412) because another writer got there first. A
+        server that answers the condition with 501 NotImplemented is sent plain PUTs from
+        then on (the content key's lease still keeps writers of one key apart)."""
+        args: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Key": key,
+            "Body": data,
+            "ContentType": CONTENT_TYPES.get(fmt, "application/octet-stream"),
+            "Metadata": metadata,
+        }
+        while True:
+            try:
+                if self._conditional:
+                    self._client.put_object(**args, IfNoneMatch="*")
+                else:
+                    self._client.put_object(**args)
+                return True
+            except ClientError as exc:
+                if self._conditional and _status(exc) == 412:
+                    return False
+                if self._conditional and _unsupported(exc):
+                    self._conditional = False
+                    continue
+                _raise_if_auth(exc, f"upload of {key}")
+                raise StorageError(f"upload of {key} failed: {exc}") from exc
+            except BotoCoreError as exc:
+                raise StorageError(f"upload of {key} failed: {exc}") from exc
 
     def get(self, key: str) -> bytes:
         """The object's bytes; ObjectMissing when it does not exist."""
@@ -152,6 +172,11 @@ def _status(exc: ClientError) -> int:
 
 def _code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _unsupported(exc: ClientError) -> bool:
+    """True when the server does not implement a conditional write (it says so with 501)."""
+    return _status(exc) == 501 or _code(exc) == "NotImplemented"
 
 
 def is_auth_error(exc: ClientError) -> bool:

@@ -558,6 +558,50 @@ def test_a_lease_whose_holder_died_lapses(settings: Settings, workers: Any, tmp_
     assert_valid_object(AudioStore.from_settings(settings), first, text)
 
 
+def test_a_stalled_holder_whose_lease_lapsed_does_not_replace_the_object(
+    settings: Settings, workers: Any, tmp_path: Path
+) -> None:
+    # The lease lapses under a holder that is stopped (SIGSTOP: its renewals stop too) and the
+    # waiting job synthesizes and stores the object. The holder then resumes: its upload is
+    # conditional, the server refuses it (412), and the holder's job ends as cached.
+    markers = marker_dir(tmp_path)
+    lease = 3.0
+    workers.start(concurrency=2, fake_delay=2.0, fake_marker_dir=str(markers), lease_seconds=lease)
+    (text,) = texts(1, "Stalled holder")
+    one = submit(settings, [text], batch_id="stalled-a")
+    two = submit(settings, [text], batch_id="stalled-b")
+    holder = wait_until(lambda: read_markers(markers), timeout=30, what="the lease holder")[0]
+    os.kill(holder.pid, signal.SIGSTOP)
+    try:
+        wait_until(lambda: len(read_markers(markers, text=text)) == 2, timeout=30, what="2nd")
+        wait_until(
+            lambda: one.progress().succeeded + two.progress().succeeded == 1,
+            timeout=30,
+            what="the second synthesis stored",
+        )
+        store = AudioStore.from_settings(settings)
+        (stored,) = [r for b in (one, two) for r in b.results() if r.status == "succeeded"]
+        assert stored.key is not None
+        before = store._client.head_object(Bucket=store.bucket, Key=stored.key)
+        # An overwrite now would show in LastModified (whole seconds).
+        wait_on_time(1.5)
+    finally:
+        os.kill(holder.pid, signal.SIGCONT)
+    (first,) = one.wait(timeout=60)
+    (second,) = two.wait(timeout=60)
+    after = store._client.head_object(Bucket=store.bucket, Key=stored.key)
+    print(
+        f"\n[stalled lease holder] SIGSTOP of the holder (pid {holder.pid}) past its {lease} s "
+        f"lease: synthesis starts={len(read_markers(markers, text=text))}, outcomes "
+        f"{first.status}/{second.status}; object written {before['LastModified']}, "
+        f"after the holder resumed {after['LastModified']}"
+    )
+    assert sorted([first.status, second.status]) == ["cached", "succeeded"]
+    assert len(read_markers(markers, text=text)) == 2
+    assert after["LastModified"] == before["LastModified"] and after["ETag"] == before["ETag"]
+    assert_valid_object(store, first, text)
+
+
 # -- 8. graceful shutdown ----------------------------------------------------------------------
 
 

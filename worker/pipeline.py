@@ -1,7 +1,8 @@
 """One job's steps, from message to stored audio; no Celery app or task here (only its
 time-limit exception is let through).
 
-validate -> content key -> cached? -> synthesize -> encode -> upload -> record -> metrics.
+validate -> content key -> lease -> cached? -> synthesize -> encode -> conditional upload ->
+record -> metrics.
 Bad input raises InvalidJob, an engine that fails on valid input EngineFailure (both
 PermanentError: never retried); transient ones raise TransientError for the caller to retry.
 """
@@ -93,19 +94,31 @@ def run_job(
     key = content_key(ctx.engine.identity(), job.spec)
     okey = object_key(key, job.spec.fmt)
     fault_points.reached(ctx.settings, fault_points.LOOKUP)
-    existing = _lookup(ctx, okey)
-    if existing is None:
-        # Another job with this key may be synthesizing right now: wait for its object
-        # rather than make a second one.
-        with ctx.leases.exclusive(key, done=lambda: _lookup(ctx, okey) is not None) as mine:
-            # The lease holder looks once more: the object may have landed just before.
-            if mine and (existing := _lookup(ctx, okey)) is None:
-                return _synthesize_and_record(ctx, job, okey, attempt=attempt, deadline=deadline)
-        existing = existing or _lookup(ctx, okey)
-        if existing is None:
-            raise StorageError(f"{okey} is missing after its lease was released")
+    # One lookup, made under the content key's lease: a holder that stored the object released
+    # the lease only after its upload, so a job that takes the lease and finds nothing is the
+    # one to synthesize (two S3 round trips for a new job, lookup and upload; one for a cached
+    # one). A job that finds the lease taken waits for the object (each look is one lookup).
+    seen: list[StoredObject] = []
+
+    def found() -> bool:
+        existing = _lookup(ctx, okey)
+        if existing is not None:
+            seen.append(existing)
+        return existing is not None
+
+    with ctx.leases.exclusive(key, done=found) as mine:
+        if mine and not found():
+            return _synthesize_and_record(ctx, job, okey, attempt=attempt, deadline=deadline)
+    return _cached(ctx, job, seen[-1], attempt=attempt)
+
+
+def _cached(
+    ctx: WorkerContext, job: JobMessage, existing: StoredObject, *, attempt: int
+) -> dict[str, Any]:
     audio_seconds = _float(existing.metadata.get("duration-seconds"))
-    return _record(ctx, job, okey, status="cached", audio_seconds=audio_seconds, attempt=attempt)
+    return _record(
+        ctx, job, existing.key, status="cached", audio_seconds=audio_seconds, attempt=attempt
+    )
 
 
 def _lookup(ctx: WorkerContext, okey: str) -> StoredObject | None:
@@ -137,8 +150,16 @@ def _synthesize_and_record(
         seconds=inference_seconds, audio_seconds=audio_seconds, characters=len(spec.text)
     )
     started = time.perf_counter()
-    ctx.store.put(okey, data, fmt=spec.fmt, metadata=_metadata(ctx, job, audio_seconds))
+    written = ctx.store.put(okey, data, fmt=spec.fmt, metadata=_metadata(ctx, job, audio_seconds))
     ctx.metrics.storage.labels(op="upload").observe(time.perf_counter() - started)
+    if not written:
+        # The upload is conditional: another writer stored this key first (our lease lapsed
+        # while we worked, e.g. a process stalled past TTS_LEASE_SECONDS). Its object stays,
+        # and this job is served from it.
+        existing = _lookup(ctx, okey)
+        if existing is None:
+            raise StorageError(f"{okey} was refused as existing, then not found")
+        return _cached(ctx, job, existing, attempt=attempt)
     fault_points.reached(ctx.settings, fault_points.RECORD)
     return _record(ctx, job, okey, status="succeeded", audio_seconds=audio_seconds, attempt=attempt)
 

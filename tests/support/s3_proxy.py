@@ -1,4 +1,5 @@
-"""A pass-through HTTP proxy in front of the test S3 server, for a key revoked mid-run.
+"""A pass-through HTTP proxy in front of the test S3 server: for a key revoked mid-run, and
+to count the requests a worker makes (`requests`: method, path and status of each).
 
 While `revoked` is set it rewrites the access key in the signature of each request whose method
 is in `revoke_methods` (default: all) to one the server does not know, so that the real server
@@ -31,6 +32,8 @@ class S3Proxy:
         self.upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
         self.revoked = threading.Event()
         self.refused = 0
+        self.requests: list[tuple[str, str, int]] = []
+        self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._server.daemon_threads = True
 
@@ -38,6 +41,15 @@ class S3Proxy:
         return self.revoked.is_set() and (
             self.revoke_methods is None or method in self.revoke_methods
         )
+
+    def log(self, method: str, path: str, status: int) -> None:
+        with self._lock:
+            self.requests.append((method, path, status))
+
+    def requests_for(self, path: str) -> list[tuple[str, int]]:
+        """Method and status of each request made for `path` (e.g. /bucket/key), in order."""
+        with self._lock:
+            return [(m, status) for m, p, status in self.requests if p.split("?")[0] == path]
 
     @property
     def url(self) -> str:
@@ -85,6 +97,7 @@ def _handler(proxy: S3Proxy) -> type[BaseHTTPRequestHandler]:
                 upstream.close()
             if response.status == 403:
                 proxy.refused += 1
+            proxy.log(self.command, self.path, response.status)
             self.send_response_only(response.status, response.reason)
             for name, value in response.getheaders():
                 lowered = name.lower()
