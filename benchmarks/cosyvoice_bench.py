@@ -38,6 +38,8 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from benchmarks.cpu import cpu_flags, cpu_model
+
 SENTENCES = {
     "zh": ("zh", "中文女", "各位旅客请注意，开往机场的列车即将进站，请在黄线以外候车。"),
     "en": (
@@ -113,19 +115,10 @@ def machine() -> dict[str, Any]:
     """The CPU, its SIMD features (every benchmark prints them), cores and memory."""
     import torch
 
-    model = ""
-    flags: set[str] = set()
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-        for line in f:
-            if line.startswith("model name") and not model:
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile")
     return {
-        "cpu": model,
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
-        "isa": [f for f in wanted if f in flags],
+        "isa": cpu_flags(),
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "python": platform.python_version(),
         "torch": torch.__version__,

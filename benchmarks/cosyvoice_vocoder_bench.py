@@ -16,7 +16,6 @@ import argparse
 import copy
 import functools
 import json
-import re
 import statistics
 import tempfile
 import time
@@ -24,17 +23,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from benchmarks.cpu import cpu_flags
+
 DEFAULT_DIR = Path("/tmp/tts-batch-cosyvoice-full")
 SECONDS = (1, 5, 30)
 SAMPLE_RATE = 22050
 HOP = 256
 SEED = 1234
-FLAGS = r"\b(avx2|fma|avx512\w*|avx_vnni|amx\w*)\b"
-
-
-def cpu_flags() -> list[str]:
-    text = Path("/proc/cpuinfo").read_text(encoding="utf-8")
-    return sorted(set(re.findall(FLAGS, text)))
 
 
 def timed(fn: Callable[[], Any]) -> tuple[float, float, Any]:

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from benchmarks.cpu import cpu_flags
 from worker.engines.cosyvoice.export_cache import (
     artifact_key_parts,
     cache_dirs,
@@ -48,16 +49,6 @@ from worker.engines.cosyvoice.flow_solver import (
 )
 
 SEED = 1234
-CPU_FLAGS = (
-    "avx2",
-    "avx512f",
-    "avx512_vnni",
-    "avx512_bf16",
-    "avx512_fp16",
-    "amx_bf16",
-    "amx_int8",
-    "amx_tile",
-)
 FEW_STEPS = [
     FlowOptions(5, "cosine"),
     FlowOptions(5, "pruned"),
@@ -70,13 +61,6 @@ FEW_STEPS = [
 ]
 # The "true" ODE solution to compare against: midpoint (2nd order) with 8 steps, 16 calls.
 FINE = FlowOptions(8, "cosine", "midpoint")
-
-
-def cpu_flags() -> list[str]:
-    text = Path("/proc/cpuinfo").read_text(encoding="utf-8")
-    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
-    present = set(line.split(":", 1)[-1].split())
-    return [flag for flag in CPU_FLAGS if flag in present]
 
 
 def timed(fn: Callable[..., Any], repeats: int, *args: Any) -> tuple[list[float], Any]:

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.batch_nodes import checkout_pythonpath, flush
+from benchmarks.cpu import cpu_flags, cpu_model
 from benchmarks.metrics_micro import NodeFolder, collect_and_push, metric_calls
 from benchmarks.pipeline_bench import _rows
 from core.settings import Settings
@@ -48,7 +49,6 @@ GOAL_PERCENT = 1.0
 # Jobs each fresh node takes before its measured window.
 WARMUP_JOBS = 8
 # The SIMD features every benchmark prints (they move the task's own CPU time, not the metrics').
-FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile")
 
 
 @dataclass(frozen=True)
@@ -103,17 +103,10 @@ PLANS = {
 
 
 def machine() -> dict[str, Any]:
-    model, flags = "", set[str]()
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-        for line in f:
-            if line.startswith("model name") and not model:
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
     return {
-        "cpu": model,
+        "cpu": cpu_model(),
         "cores": os.cpu_count() or 1,
-        "flags": [f for f in FLAGS if f in flags],
+        "flags": cpu_flags(),
         "python": platform.python_version(),
         "load_average": [round(x, 2) for x in os.getloadavg()],
     }

@@ -42,6 +42,7 @@ from typing import Any
 from celery import Celery
 
 from benchmarks.batch_nodes import checkout_pythonpath, group_members
+from benchmarks.cpu import cpu_flags, cpu_model
 from benchmarks.plumbing_app import NOOP, S3, fake_object
 from core.delivery import CELERY_APP, QUEUE
 from core.settings import Settings
@@ -58,7 +59,6 @@ LABELS = {
 }
 APP = "benchmarks.plumbing_app"
 SPEAKER = "英文女"
-CPU_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
 GOAL = 0.8
 WARMUP_ROUND, WARMUP_JOBS = 99, 40
 
@@ -194,15 +194,10 @@ def format_table(report: dict[str, Any]) -> str:
 
 
 def machine() -> dict[str, Any]:
-    text = Path("/proc/cpuinfo").read_text(encoding="utf-8")
-    lines = text.splitlines()
-    model = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "")
-    flags_line = next((ln for ln in lines if ln.startswith("flags")), "")
-    present = set(flags_line.split(":", 1)[-1].split())
     return {
         "cpus": os.cpu_count() or 1,
-        "cpu_model": model or platform.processor() or "?",
-        "cpu_flags": [f for f in CPU_FLAGS if f in present],
+        "cpu_model": cpu_model(),
+        "cpu_flags": cpu_flags(),
         "python": platform.python_version(),
         "node": platform.node(),
     }
