@@ -5,8 +5,9 @@ prometheus_client's multiprocess mode keeps every process's counters and histogr
 of its own (`<dir>/counter_<pid>.db`, ...) that outlive the process; the parent sums the files
 (`MultiProcessCollector`) and pushes the sum under `{job="tts_worker", worker=<node name>}`.
 So a pool process that dies (SIGKILL, OOM, `worker_max_tasks_per_child`, a clean exit) takes
-none of its counts with it. Its gauges go: before each push the parent drops the live-gauge
-files of processes that are gone (`mark_process_dead`).
+none of its counts with it. Before each push the parent folds the counters and histograms of
+processes that are gone into one archive file per kind, and drops their gauges
+(`mark_process_dead`): the files read at each push stay as many as the live processes' plus two.
 
 The directory is `<TTS_METRICS_DIR>/<node name>`. A node restarted under the same name on the
 same machine resumes from its files: its counters go on from where they were, even the counts
@@ -16,7 +17,6 @@ from zero: a counter reset, which rate() and increase() read as one.)
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import tempfile
@@ -25,8 +25,6 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, values
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
-
-log = logging.getLogger(__name__)
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 # prometheus_client names each file <type>_[<gauge mode>_]<pid>.db.
