@@ -19,12 +19,11 @@ from pathlib import Path
 
 import redis
 
-from core.delivery import QUEUE
+from core.delivery import QUEUE, queue_keys
 from core.errors import StackError
 from core.settings import Settings
 from devstack.services import child_pythonpath
 from devstack.stack import LocalStack
-from monitoring.queue_exporter import queue_keys
 
 # The settings the Celery side of issue 10 adds; passed as environment variables so that the
 # benchmark runs unchanged before and after that work is merged.

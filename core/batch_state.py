@@ -374,35 +374,17 @@ class BatchState:
         return {flat[i]: float(flat[i + 1]) for i in range(0, len(flat), 2)}
 
     def reset_failed(self, job_id: str) -> bool:
-        k = self._keys
-        flag = self._r.eval(
-            _RESET_FAILED,
-            5,
-            k["results"],
-            k["counts"],
-            k["weight"],
-            k["sent"],
-            k["attempts"],
-            job_id,
-        )
-        return bool(flag)
+        return bool(self._r.eval(_RESET_FAILED, 5, *self._forget_keys(), job_id))
 
     def forget_succeeded(self, job_id: str, seen: str) -> bool:
         """Forget a succeeded or cached job's result if it is still `seen` (the raw JSON read
         by `iter_raw_rows`), so that the job can be enqueued again; True if it did."""
+        return bool(self._r.eval(_FORGET_SUCCEEDED, 5, *self._forget_keys(), job_id, seen))
+
+    def _forget_keys(self) -> tuple[str, ...]:
+        """KEYS of the scripts that forget an outcome so that a job runs again."""
         k = self._keys
-        flag = self._r.eval(
-            _FORGET_SUCCEEDED,
-            5,
-            k["results"],
-            k["counts"],
-            k["weight"],
-            k["sent"],
-            k["attempts"],
-            job_id,
-            seen,
-        )
-        return bool(flag)
+        return (k["results"], k["counts"], k["weight"], k["sent"], k["attempts"])
 
     def record(self, job_id: str, result: dict[str, Any]) -> bool:
         """Store a job's terminal result once; True if this call was the first."""

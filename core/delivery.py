@@ -20,6 +20,12 @@ if TYPE_CHECKING:
 QUEUE = "tts"
 # The worker's Celery app, as `celery -A` names it.
 CELERY_APP = "worker.app"
+# kombu's Redis transport: the hash of delivered, unacknowledged messages (late ack: every job
+# in hand), and the lists of a queue's priorities: priority p > 0 of queue q is the list
+# q + "\x06\x16" + str(p) (priority_steps 0..9); priority 0 is the list q itself.
+UNACKED_KEY = "unacked"
+PRIORITY_SEP = "\x06\x16"
+PRIORITY_STEPS = range(1, 10)
 # The longest pause before a retry, before jitter.
 RETRY_CAP_SECONDS = 120.0
 # The jitter factor of a retry's countdown lies in [JITTER_LOW, JITTER_HIGH).
@@ -45,6 +51,11 @@ class WorkerPool:
     @property
     def processes(self) -> int:
         return self.concurrency if self.name == "prefork" else 1
+
+
+def queue_keys(queue: str = QUEUE) -> list[str]:
+    """The Redis list names holding `queue`'s waiting messages, all priorities."""
+    return [queue] + [f"{queue}{PRIORITY_SEP}{p}" for p in PRIORITY_STEPS]
 
 
 def effective_engine_batch(settings: Settings) -> int:

@@ -23,25 +23,16 @@ from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from core.delivery import QUEUE
+from core.delivery import PRIORITY_STEPS, QUEUE, UNACKED_KEY, queue_keys
 
 log = logging.getLogger(__name__)
 
 DEFAULT_QUEUES = (QUEUE,)
 DEFAULT_PORT = 9808
-# kombu's Redis transport: the hash of delivered, unacknowledged messages.
-UNACKED_KEY = "unacked"
-# kombu stores priority p > 0 of queue q in the list q + "\x06\x16" + str(p) (priority_steps
-# 0..9); priority 0 is the list q itself. Summing all of them is the true backlog.
-PRIORITY_SEP = "\x06\x16"
-PRIORITY_STEPS = range(1, 10)
+# The queue's lists (all priorities: their sum is the true backlog) and the unacked hash are
+# kombu's layout, named once in core.delivery.
 # A scrape must answer quickly even when Redis hangs.
 REDIS_TIMEOUT_S = 2.0
-
-
-def queue_keys(queue: str) -> list[str]:
-    """The Redis list names holding `queue`'s waiting messages, all priorities."""
-    return [queue] + [f"{queue}{PRIORITY_SEP}{p}" for p in PRIORITY_STEPS]
 
 
 class QueueCollector(Collector):

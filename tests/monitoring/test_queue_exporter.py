@@ -10,7 +10,8 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from monitoring.queue_exporter import PRIORITY_SEP, UNACKED_KEY, QueueCollector, make_registry
+from core.delivery import PRIORITY_SEP, UNACKED_KEY
+from monitoring.queue_exporter import QueueCollector, make_registry
 from tests.support.monitoring_services import free_port, queue_exporter, redis_server
 
 pytestmark = pytest.mark.integration

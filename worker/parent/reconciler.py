@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable
 import redis
 
 from core.batch_state import IN_FLIGHT_BATCHES, InFlight
-from core.delivery import QUEUE
+from core.delivery import UNACKED_KEY, queue_keys
 from worker.parent.outcomes import ParentRecorder
 
 log = logging.getLogger(__name__)
@@ -35,11 +35,6 @@ log = logging.getLogger(__name__)
 LOCK_KEY = "tts:reconciler:lock"
 # Jobs found missing by the last look: "batch\tjob" -> the delivery's start time.
 SUSPECTS_KEY = "tts:reconciler:suspects"
-# kombu's Redis transport keeps unacked messages here (its defaults; celeryconfig keeps them).
-UNACKED_KEY = "unacked"
-# kombu's priority queues are `<queue><sep><priority>` beside the plain one.
-_PRIORITY_SEP = "\x06\x16"
-_PRIORITY_STEPS = (3, 6, 9)
 _SCAN_CHUNK = 1000
 
 # KEYS: the batch's inflight hash, the index set. ARGV: batch id. Drops an emptied batch from
@@ -51,11 +46,6 @@ if redis.call('HLEN', KEYS[1]) == 0 then
 end
 return 0
 """
-
-
-def queue_keys(queue: str = QUEUE) -> list[str]:
-    """The Redis lists that hold the queue's messages (the plain one and its priorities)."""
-    return [queue, *(f"{queue}{_PRIORITY_SEP}{p}" for p in _PRIORITY_STEPS)]
 
 
 def messages_present(client: redis.Redis, job_ids: Iterable[str]) -> set[str]:
