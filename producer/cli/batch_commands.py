@@ -5,13 +5,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from core.errors import InvalidBatch, InvalidJob
 from core.settings import Settings
-from producer.cli.errors import EXIT_FAILED, EXIT_OK
+from producer.cli.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, still_running_hint
+from producer.cli.output import (
+    add_output_options,
+    batch_progress,
+    count_progress,
+    print_json,
+    say,
+)
 
 
 def register(sub: Any) -> None:
@@ -26,14 +33,24 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--skip-invalid", action="store_true", help="enqueue valid rows, report bad ones"
     )
-    p.add_argument("--wait", action="store_true", help="wait for the batch with a progress bar")
-    p.add_argument("--timeout", type=float, default=None, help="seconds to wait at most")
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait for the batch (a progress bar on a terminal, a line every 10 s otherwise)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="seconds to wait at most (then exit 1; the batch keeps running)",
+    )
     p.add_argument("--manifest", type=Path, help="write one JSON line per row with its result")
+    add_output_options(p)
     p.set_defaults(run=_cmd_submit)
 
     p = sub.add_parser("status", help="progress of a batch")
     p.add_argument("batch_id")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    add_output_options(p)
     p.set_defaults(run=_cmd_status)
 
     p = sub.add_parser("fetch", help="download a batch's audio, named by row id")
@@ -50,8 +67,12 @@ def register(sub: Any) -> None:
     )
     p.set_defaults(run=_cmd_verify)
 
-    p = sub.add_parser("failed", help="list a batch's failed jobs (dead letters)")
+    p = sub.add_parser(
+        "failed",
+        help="list a batch's failed jobs (dead letters): one JSON line each, or --json",
+    )
     p.add_argument("batch_id")
+    add_output_options(p)
     p.set_defaults(run=_cmd_failed)
 
     p = sub.add_parser("retry", help="enqueue a batch's failed jobs again")
@@ -71,11 +92,79 @@ def _cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
         args.file,
         batch_id=args.batch_id,
         skip_invalid=args.skip_invalid,
-        on_enqueued=_enqueue_bar(sys.stderr),
+        on_enqueued=count_progress(sys.stderr, "enqueue", quiet=args.quiet),
     )
     report = handle.report
-    print(
-        f"batch {handle.batch_id}: {report.rows} rows, {report.jobs_sent} jobs enqueued"
+    say(_submit_summary(handle.batch_id, report), quiet=args.quiet)
+    for exc in report.rejected:
+        print(f"  rejected: {exc}", file=sys.stderr)
+    document: dict[str, Any] = {
+        "batch_id": handle.batch_id,
+        "rows": report.rows,
+        "jobs_enqueued": report.jobs_sent,
+        "jobs_taken_over": report.jobs_taken_over,
+        "jobs_already_done": report.jobs_already_done,
+        "jobs_already_queued": report.jobs_in_flight,
+        "rejected": [_rejected_line(exc) for exc in report.rejected],
+    }
+    if not args.json:
+        print(handle.batch_id, flush=True)
+    try:
+        return _finish_submit(args, handle, document)
+    except KeyboardInterrupt:
+        # Ctrl-C stops the waiting, not the batch: the jobs are in the queue already.
+        print(
+            f"tts-batch: interrupted; {still_running_hint(handle.batch_id)}",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+
+
+def _finish_submit(args: argparse.Namespace, handle: Any, document: dict[str, Any]) -> int:
+    rejected_count = handle.report.rejected_count
+    if not args.wait and args.manifest is None:
+        if args.json:
+            print_json(document)
+        return EXIT_FAILED if rejected_count else EXIT_OK
+    try:
+        results = (
+            handle.wait(
+                timeout=args.timeout,
+                on_progress=batch_progress(sys.stderr, handle.batch_id, quiet=args.quiet),
+            )
+            if args.wait
+            else list(handle.results())
+        )
+    except TimeoutError as exc:
+        print(f"tts-batch: error: {exc}; {still_running_hint(handle.batch_id)}", file=sys.stderr)
+        if args.json:
+            print_json({**document, "finished": False, **_counts(handle.progress())})
+        return EXIT_FAILED
+    if args.manifest is not None:
+        _write_manifest(args.manifest, results, handle.report.rejected)
+        say(f"manifest: {args.manifest}", quiet=args.quiet)
+    failed = [r for r in results if not r.ok]
+    for result in failed[:20]:
+        print(
+            f"  {result.row_id}: {result.status} {result.reason or ''} {result.error or ''}",
+            file=sys.stderr,
+        )
+    if args.json:
+        finished = args.wait or not any(r.status == "pending" for r in results)
+        print_json(
+            {
+                **document,
+                "finished": finished,
+                **_counts(handle.progress()),
+                "failed_rows": [_failed_line(r) for r in failed if r.status == "failed"],
+            }
+        )
+    return EXIT_FAILED if failed or rejected_count else EXIT_OK
+
+
+def _submit_summary(batch_id: str, report: Any) -> str:
+    return (
+        f"batch {batch_id}: {report.rows} rows, {report.jobs_sent} jobs enqueued"
         + (
             f" ({report.jobs_taken_over} from a producer that died mid-send)"
             if report.jobs_taken_over
@@ -83,66 +172,38 @@ def _cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
         )
         + (f", {report.jobs_already_done} already done" if report.jobs_already_done else "")
         + (f", {report.jobs_in_flight} already queued" if report.jobs_in_flight else "")
-        + (f", {report.rejected_count} rows rejected" if report.rejected_count else ""),
-        file=sys.stderr,
+        + (f", {report.rejected_count} rows rejected" if report.rejected_count else "")
     )
-    for exc in report.rejected:
-        print(f"  rejected: {exc}", file=sys.stderr)
-    print(handle.batch_id)
-    if not args.wait and args.manifest is None:
-        return EXIT_FAILED if report.rejected_count else EXIT_OK
-    results = (
-        handle.wait(timeout=args.timeout, on_progress=_progress_bar(sys.stderr))
-        if args.wait
-        else list(handle.results())
-    )
-    if args.manifest is not None:
-        _write_manifest(args.manifest, results, report.rejected)
-        print(f"manifest: {args.manifest}", file=sys.stderr)
-    failed = [r for r in results if not r.ok]
-    for result in failed[:20]:
-        print(
-            f"  {result.row_id}: {result.status} {result.reason or ''} {result.error or ''}",
-            file=sys.stderr,
-        )
-    return EXIT_FAILED if failed or report.rejected_count else EXIT_OK
 
 
-def _enqueue_bar(stream: TextIO) -> Callable[[int, int], None]:
-    """A progress bar for sending a large file (shown once it has more than one chunk)."""
-    from tqdm import tqdm
-
-    bar: dict[str, Any] = {}
-
-    def update(done: int, total: int) -> None:
-        if "bar" not in bar:
-            if done >= total:
-                return  # one chunk: done before a bar would be worth drawing
-            bar["bar"] = tqdm(total=total, unit="row", desc="enqueue", file=stream)
-        bar["bar"].update(done - bar["bar"].n)
-        if done >= total:
-            bar["bar"].close()
-
-    return update
+def _counts(progress: Any) -> dict[str, int]:
+    return {
+        "total": progress.total,
+        "succeeded": progress.succeeded,
+        "cached": progress.cached,
+        "failed": progress.failed,
+        "pending": progress.pending,
+    }
 
 
-def _progress_bar(stream: TextIO) -> Callable[[Any], None]:
-    from tqdm import tqdm
+def _rejected_line(exc: InvalidJob) -> dict[str, Any]:
+    return {
+        "line": exc.row,
+        "status": "rejected",
+        "field": exc.field,
+        "reason": exc.reason,
+        "error": str(exc),
+    }
 
-    bar: dict[str, Any] = {}
 
-    def update(progress: Any) -> None:
-        if "bar" not in bar:
-            bar["bar"] = tqdm(total=progress.total, unit="row", file=stream, dynamic_ncols=True)
-        done = progress.succeeded + progress.failed
-        bar["bar"].set_postfix(
-            ok=progress.succeeded, failed=progress.failed, cached=progress.cached
-        )
-        bar["bar"].update(done - bar["bar"].n)
-        if progress.done:
-            bar["bar"].close()
-
-    return update
+def _failed_line(result: Any) -> dict[str, Any]:
+    return {
+        "id": result.row_id,
+        "job_id": result.job_id,
+        "reason": result.reason,
+        "attempts": result.attempts,
+        "error": result.error,
+    }
 
 
 def _write_manifest(path: Path, results: Sequence[Any], rejected: Sequence[InvalidJob]) -> None:
@@ -151,14 +212,7 @@ def _write_manifest(path: Path, results: Sequence[Any], rejected: Sequence[Inval
         for result in results:
             out.write(json.dumps(result.to_dict(), ensure_ascii=False) + "\n")
         for exc in rejected:
-            line = {
-                "line": exc.row,
-                "status": "rejected",
-                "field": exc.field,
-                "reason": exc.reason,
-                "error": str(exc),
-            }
-            out.write(json.dumps(line, ensure_ascii=False) + "\n")
+            out.write(json.dumps(_rejected_line(exc), ensure_ascii=False) + "\n")
 
 
 def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
@@ -166,16 +220,9 @@ def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     progress = handle.progress()
     if progress.total == 0:
         raise InvalidBatch(f"no batch {args.batch_id!r} (expired or never submitted)")
-    figures = {
-        "batch_id": args.batch_id,
-        "total": progress.total,
-        "succeeded": progress.succeeded,
-        "cached": progress.cached,
-        "failed": progress.failed,
-        "pending": progress.pending,
-    }
+    figures = {"batch_id": args.batch_id, **_counts(progress)}
     if args.json:
-        print(json.dumps(figures))
+        print_json(figures)
     else:
         print("  ".join(f"{k}={v}" for k, v in figures.items()))
     return EXIT_OK if progress.done and progress.failed == 0 else EXIT_FAILED
@@ -244,22 +291,21 @@ def _cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
 
 def _cmd_failed(args: argparse.Namespace, settings: Settings) -> int:
     handle = _producer(settings).batch(args.batch_id)
+    _require_batch(handle)
     failed = handle.failed()
-    for result in failed:
-        print(
-            json.dumps(
-                {
-                    "id": result.row_id,
-                    "job_id": result.job_id,
-                    "reason": result.reason,
-                    "attempts": result.attempts,
-                    "error": result.error,
-                },
-                ensure_ascii=False,
-            )
-        )
-    print(f"{len(failed)} failed rows", file=sys.stderr)
+    if args.json:
+        print_json({"batch_id": args.batch_id, "failed_rows": [_failed_line(r) for r in failed]})
+    else:
+        for result in failed:
+            print(json.dumps(_failed_line(result), ensure_ascii=False))
+    say(f"{len(failed)} failed rows", quiet=args.quiet)
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _require_batch(handle: Any) -> None:
+    """InvalidBatch (exit 2) for a batch Redis does not know; reads only, writes nothing."""
+    if handle.progress().total == 0:
+        raise InvalidBatch(f"no batch {handle.batch_id!r} (expired or never submitted)")
 
 
 def _cmd_retry(args: argparse.Namespace, settings: Settings) -> int:

@@ -12,6 +12,7 @@ from core.delivery import CELERY_APP, QUEUE, worker_pool
 from core.exit_codes import WORKER_EXIT_CODES
 from core.settings import LOCAL_PORTS, Settings
 from producer.cli.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from producer.cli.output import add_output_options, print_json
 
 
 def register(sub: Any) -> None:
@@ -51,6 +52,7 @@ def register(sub: Any) -> None:
     p.set_defaults(run=_cmd_down)
 
     p = sub.add_parser("ps", help="show the local stack's services")
+    add_output_options(p)
     p.set_defaults(run=_cmd_ps)
 
     p = sub.add_parser("dashboard", help="render the Grafana dashboard's panels to a PNG")
@@ -165,9 +167,22 @@ def _cmd_ps(args: argparse.Namespace, settings: Settings) -> int:
     from devstack.stack import format_statuses
 
     statuses = _stack(settings).status()
-    print(format_statuses(statuses))
+    if args.json:
+        print_json({"services": [_status_dict(s) for s in statuses.values()]})
+    else:
+        print(format_statuses(statuses))
     running = [s for s in statuses.values() if s.state == "running"]
     return EXIT_OK if running else EXIT_FAILED
+
+
+def _status_dict(status: Any) -> dict[str, Any]:
+    return {
+        "name": status.name,
+        "state": status.state,
+        "pid": status.pid,
+        "url": status.url or None,
+        "detail": status.detail or None,
+    }
 
 
 def _cmd_dashboard(args: argparse.Namespace, settings: Settings) -> int:
