@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from core.settings import LOCAL_PORTS
 from producer.cli.errors import EXIT_FAILED, ServiceUnreachable, exit_code, unreachable_line
 from producer.cli.output import batch_progress, count_progress
 
@@ -206,3 +207,17 @@ def test_ps_json_is_one_document_of_services(tmp_path: Path) -> None:
     names = [service["name"] for service in document["services"]]
     assert names[:4] == ["redis", "s3", "pushgateway", "prometheus"]
     assert {service["state"] for service in document["services"]} == {"stopped"}
+
+
+def test_unreachable_local_stack_says_to_start_it(tmp_path: Path) -> None:
+    # No TTS_BROKER_URL: the local stack's Redis port, where nothing may listen for this test.
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", LOCAL_PORTS["redis"])) == 0:
+            pytest.skip("a local stack is running on this machine")
+    proc = _cli("status", "b1", env={"TTS_STACK_DIR": str(tmp_path)}, cwd=tmp_path)
+    assert proc.returncode == EXIT_FAILED, proc.stderr
+    assert "Traceback" not in proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    url = f"redis://127.0.0.1:{LOCAL_PORTS['redis']}/0"
+    assert line.startswith(f"tts-batch: error: cannot reach Redis (the broker) at {url}: ")
+    assert line.endswith("; is the stack up? `tts-batch up`")
