@@ -221,3 +221,14 @@ def test_unreachable_local_stack_says_to_start_it(tmp_path: Path) -> None:
     url = f"redis://127.0.0.1:{LOCAL_PORTS['redis']}/0"
     assert line.startswith(f"tts-batch: error: cannot reach Redis (the broker) at {url}: ")
     assert line.endswith("; is the stack up? `tts-batch up`")
+
+
+def test_unreachable_prometheus_is_named_with_its_url_and_exit_1(tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{_free_port()}"
+    out = tmp_path / "d.png"
+    proc = _cli("dashboard", "--prometheus", url, "--out", str(out), cwd=tmp_path)
+    assert proc.returncode == EXIT_FAILED, proc.stderr
+    assert "Traceback" not in proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith(f"tts-batch: error: cannot reach Prometheus at {url}: ")
+    assert "Connection refused" in line and not out.exists()
