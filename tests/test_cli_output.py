@@ -232,3 +232,25 @@ def test_unreachable_prometheus_is_named_with_its_url_and_exit_1(tmp_path: Path)
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith(f"tts-batch: error: cannot reach Prometheus at {url}: ")
     assert "Connection refused" in line and not out.exists()
+
+
+def test_bash_hook_completes_through_the_installed_script(tmp_path: Path) -> None:
+    # What a user's ~/.bashrc line does: eval the hook, then Tab after `tts-batch su`.
+    script = (
+        'eval "$(tts-batch completion bash)"\n'
+        'COMP_WORDS=(tts-batch su); COMP_CWORD=1; COMP_LINE="tts-batch su"; COMP_POINT=12\n'
+        "_python_argcomplete tts-batch su tts-batch\n"
+        'echo "${COMPREPLY[@]}"\n'
+    )
+    bin_dir = str(Path(sys.executable).parent)  # the venv's bin: tts-batch lives there
+    proc = subprocess.run(
+        ["bash", "-c", script],
+        env={"PATH": f"{bin_dir}:/usr/bin:/bin", "PYTHONPATH": str(ROOT)},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["submit"]
