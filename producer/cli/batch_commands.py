@@ -88,6 +88,7 @@ def _cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     )
     for exc in report.rejected:
         print(f"  rejected: {exc}", file=sys.stderr)
+    _print_warnings(report, sys.stderr)
     print(handle.batch_id)
     if not args.wait and args.manifest is None:
         return EXIT_FAILED if report.rejected_count else EXIT_OK
@@ -106,6 +107,17 @@ def _cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
             file=sys.stderr,
         )
     return EXIT_FAILED if failed or report.rejected_count else EXIT_OK
+
+
+def _print_warnings(report: Any, stream: TextIO) -> None:
+    """One line per warned row (the report keeps the first ones), then how many more."""
+    for warning in report.warnings:
+        print(f"  warning: {warning}", file=stream)
+    more = report.warnings_count - len(report.warnings)
+    if more > 0:
+        print(
+            f"  warning: and {more} more rows whose lang disagrees with their speaker", file=stream
+        )
 
 
 def _enqueue_bar(stream: TextIO) -> Callable[[int, int], None]:
