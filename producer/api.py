@@ -1,9 +1,13 @@
 """The producer API: validate rows, record the batch, enqueue one job per distinct request.
 
     producer = Producer.from_env()
-    batch = producer.submit_batch([{"id": "a1", "text": "...", "speaker": "英文女"}])
+    batch = producer.submit_batch([{"id": "a1", "text": "...", "speaker": "en-female"}])
     for result in batch.wait(timeout=600):
         print(result.row_id, result.status, result.uri)
+
+A speaker is named by its id (英文女) or its ASCII alias (en-female; core/speakers.py): the
+same job either way. `batch.report.warnings` names rows whose `lang` disagrees with their
+speaker's language (enqueued all the same).
 
 Imports no torch and no engine.
 """
@@ -234,7 +238,9 @@ class Producer:
         whose jobs are not done or in flight (failed ones run again). Each job is sent once
         even by producers submitting the same batch at once: the send is claimed first, and
         the claims of a producer that died mid-send are taken over (and sent) by a
-        resubmission once its lease (`send_lease_seconds`) has lapsed."""
+        resubmission once its lease (`send_lease_seconds`) has lapsed. Rows whose `lang`
+        disagrees with their speaker's language are enqueued and listed in
+        `handle.report.warnings`."""
         materialized = [(index, dict(row)) for index, row in enumerate(rows, start=1)]
         return self._submit(
             lambda: iter(materialized), batch_id=batch_id, skip_invalid=skip_invalid

@@ -3,6 +3,9 @@ task labels (Flower's args) are short, one line and carry only what tells batche
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from core.contract import (
@@ -16,11 +19,10 @@ from core.contract import (
 from core.errors import InvalidJob
 from core.settings import COSYVOICE_SFT_SPEAKERS
 from core.speakers import ALIASES, SPEAKERS, language_mismatch
+from tests.support.helpers import make_settings, run_cli
 from worker.engine_info import engine_info
 from worker.engines.fake import FakeSynthesizer
 from worker.synth import load_engine
-
-from .support.helpers import make_settings
 
 EXPECTED_ALIASES = {
     "zh-female": "中文女",
@@ -146,3 +148,31 @@ def test_engine_info_lists_the_speakers_a_job_may_ask_with_their_aliases() -> No
         "speakers": ["中文男", "英文女"],
         "aliases": {"zh-male": "中文男", "en-female": "英文女"},
     }
+
+
+def test_speakers_from_an_engine_named_on_the_command_line_needs_no_worker() -> None:
+    # No service at all: the engine is loaded in a child process of the CLI.
+    settings = make_settings(broker_url="redis://127.0.0.1:1/0")
+    proc = run_cli(settings, "speakers", "--engine", "espeak", "--json")
+    assert proc.returncode == 0, proc.stderr
+    answer = json.loads(proc.stdout)
+    (source,) = answer["sources"].values()
+    assert source["engine"] == "espeak" and source["model_id"].startswith("espeak-ng-")
+    assert [row["alias"] for row in answer["speakers"]] == list(EXPECTED_ALIASES)
+    assert {tuple(row["workers"]) for row in answer["speakers"]} == {("engine:espeak",)}
+
+
+def test_speakers_from_a_missing_model_dir_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    proc = run_cli(
+        make_settings(),
+        "speakers",
+        "--engine",
+        "cosyvoice",
+        "--model-dir",
+        str(tmp_path / "absent"),
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("tts-batch: error: cannot load engine 'cosyvoice': ConfigError:")
+    assert "absent" in line
