@@ -204,6 +204,10 @@ def resend(message: dict[str, Any], *, enqueued_at: float) -> dict[str, Any]:
     return {**message, "enqueued_at": enqueued_at, "send_id": new_send_id()}
 
 
+# How much of a job's text its task label shows.
+_LABEL_TEXT_CHARS = 40
+
+
 def task_label(message: Any) -> str:
     """The task's `argsrepr`: what Flower and Celery's events show instead of the message
     (batch, row, speaker, the text's start), so an operator can tell batches apart. Short and
@@ -225,10 +229,6 @@ def task_label(message: Any) -> str:
     if isinstance(text, str):
         parts.append(f"text={_preview(text, _LABEL_TEXT_CHARS)!r}")
     return " ".join(parts)
-
-
-# How much of a job's text its task label shows.
-_LABEL_TEXT_CHARS = 40
 
 
 def _preview(text: str, limit: int) -> str:
