@@ -110,3 +110,31 @@ def test_a_stopped_worker_leaves_flowers_list(workers: Any, flower: FlowerClient
         interval=1.0,
         what="the stopped worker purged from Flower's list",
     )
+
+
+def test_a_retried_task_keeps_its_short_label(
+    settings: Settings, stack: Any, workers: Any, flower: FlowerClient
+) -> None:
+    # A retry is a new message sent by the worker (Celery's task.retry): without a label of
+    # its own, its argsrepr would be the whole message, text included.
+    node = workers.start(concurrency=1, max_retries=2, retry_base_seconds=0.2)
+    wait_until(lambda: node.hostname in flower.workers(), timeout=60, what="worker in Flower")
+    batch_id = f"retry-{uuid.uuid4().hex[:8]}"
+    row = {"id": "again-1", "text": f"{LONG_TEXT} retried", "speaker": "zh-male"}
+    try:
+        stack.stop("s3")  # every attempt meets a storage error: retried, then dead-lettered
+        (result,) = Producer(settings).submit_batch([row], batch_id=batch_id).wait(timeout=120)
+    finally:
+        stack.start("s3")
+    assert (result.status, result.reason) == ("failed", "storage_error"), result
+
+    def retried_and_failed() -> dict[str, Any] | None:
+        task = flower.tasks().get(result.job_id)
+        done = task is not None and task["state"] == "FAILURE" and (task["retries"] or 0) >= 1
+        return task if done else None
+
+    task = wait_until(retried_and_failed, timeout=60, what="the retried task's failure in Flower")
+    assert task["args"].startswith(
+        f"batch={batch_id} row=again-1 speaker=zh-male text='Attention please."
+    ), task["args"]
+    assert "retried" not in task["args"] and "\n" not in task["args"]
