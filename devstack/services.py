@@ -373,6 +373,12 @@ def _exporter(ctx: ServiceContext) -> Service:
     )
 
 
+# Flower's worker list drops a node this long after its last heartbeat (Celery sends one every
+# 2 s), and its task list shows these columns.
+FLOWER_PURGE_OFFLINE_SECONDS = 30
+FLOWER_TASK_COLUMNS = "args,state,worker,received,runtime,retries,exception,uuid"
+
+
 def _flower(ctx: ServiceContext) -> Service:
     host, port = ctx.layout.host, ctx.layout.ports.flower
     url = f"http://{host}:{port}"
@@ -388,6 +394,15 @@ def _flower(ctx: ServiceContext) -> Service:
                 "flower",
                 f"--address={host}",
                 f"--port={port}",
+                # Nothing saved between runs: a restarted Flower shows the tasks it sees anew
+                # (the batch state in Redis is the record, not Flower's database).
+                "--persistent=False",
+                # A stopped worker leaves the list 30 s after its last heartbeat.
+                f"--purge_offline_workers={FLOWER_PURGE_OFFLINE_SECONDS}",
+                # args first: the task label (batch, row, speaker, text start; see
+                # core.contract.task_label) is what tells batches apart; the name is always
+                # tts.synthesize.
+                f"--tasks_columns={FLOWER_TASK_COLUMNS}",
             ),
             env=env,
             identity=("celery", "flower", f"--port={port}"),

@@ -1,9 +1,13 @@
 """The producer API: validate rows, record the batch, enqueue one job per distinct request.
 
     producer = Producer.from_env()
-    batch = producer.submit_batch([{"id": "a1", "text": "...", "speaker": "英文女"}])
+    batch = producer.submit_batch([{"id": "a1", "text": "...", "speaker": "en-female"}])
     for result in batch.wait(timeout=600):
         print(result.row_id, result.status, result.uri)
+
+A speaker is named by its id (英文女) or its ASCII alias (en-female; core/speakers.py): the
+same job either way. `batch.report.warnings` names rows whose `lang` disagrees with their
+speaker's language (enqueued all the same).
 
 Imports no torch and no engine.
 """
@@ -33,6 +37,7 @@ from core.contract import (
 from core.errors import InvalidBatch, InvalidJob
 from core.redis_conn import connect
 from core.settings import Settings
+from core.speakers import language_mismatch
 from producer.rows import Row, read_rows
 from producer.send_lease import SendLease
 from producer.sender import JobSender, client_app
@@ -47,6 +52,8 @@ EnqueueProgress = Callable[[int, int], None]
 _CHUNK = 500
 # How many row errors an InvalidBatch keeps (the first ones; the count is always exact).
 _MAX_REPORTED_ERRORS = 50
+# How many warnings a SubmitReport keeps (the first ones; the count is always exact).
+_MAX_REPORTED_WARNINGS = 20
 
 
 @dataclass(frozen=True)
@@ -113,6 +120,10 @@ class SubmitReport:
     jobs_taken_over: int = 0
     rejected: list[InvalidJob] = field(default_factory=list)
     rejected_count: int = 0
+    # Rows enqueued although their speaker's language and their `lang` disagree (e.g.
+    # en-female with lang=zh): the first _MAX_REPORTED_WARNINGS lines; the count is exact.
+    warnings: list[str] = field(default_factory=list)
+    warnings_count: int = 0
 
 
 class BatchHandle:
@@ -227,7 +238,9 @@ class Producer:
         whose jobs are not done or in flight (failed ones run again). Each job is sent once
         even by producers submitting the same batch at once: the send is claimed first, and
         the claims of a producer that died mid-send are taken over (and sent) by a
-        resubmission once its lease (`send_lease_seconds`) has lapsed."""
+        resubmission once its lease (`send_lease_seconds`) has lapsed. Rows whose `lang`
+        disagrees with their speaker's language are enqueued and listed in
+        `handle.report.warnings`."""
         materialized = [(index, dict(row)) for index, row in enumerate(rows, start=1)]
         return self._submit(
             lambda: iter(materialized), batch_id=batch_id, skip_invalid=skip_invalid
@@ -319,8 +332,9 @@ class Producer:
                 row_id = validate_row_id(fields.get("id"), row=line)
                 if row_id in seen:
                     raise InvalidJob(f"id {row_id!r} appears more than once", field="id", row=line)
-                self._spec(fields, line)
+                spec = self._spec(fields, line)
                 seen.add(row_id)
+                _warn_language(report, spec, line)
             except InvalidJob as exc:
                 bad_lines.add(line)
                 report.rejected_count += 1
@@ -341,6 +355,9 @@ class Producer:
         pairs = [(row_id, job_of[spec.fingerprint()]) for row_id, spec in chunk]
         report.new_rows += sum(state.add_rows(pairs))
         specs = {job_of[spec.fingerprint()]: spec for _, spec in chunk}
+        first_row: dict[str, str] = {}
+        for row_id, job_id in pairs:
+            first_row.setdefault(job_id, row_id)
         job_ids = list(specs)
         codes = state.claim_sends(job_ids, sender=lease.sender, lease_seconds=lease.lease_seconds)
         to_send = []
@@ -357,7 +374,13 @@ class Producer:
                     report.jobs_taken_over += 1
         now = time.time()
         messages = [
-            build_message(job_id=j, batch_id=state.batch_id, spec=specs[j], enqueued_at=now)
+            build_message(
+                job_id=j,
+                batch_id=state.batch_id,
+                spec=specs[j],
+                enqueued_at=now,
+                row_id=first_row[j],
+            )
             for j in to_send
         ]
         self._send_claimed(state, messages, lease=lease)
@@ -450,6 +473,16 @@ class Producer:
                 self._send_claimed(state, messages, lease=lease)
                 sent.update(str(m["job_id"]) for m in messages)
         return sent
+
+
+def _warn_language(report: SubmitReport, spec: JobSpec, line: int) -> None:
+    """Count (and keep the first few of) rows whose lang disagrees with their speaker's."""
+    mismatch = language_mismatch(spec.speaker, spec.lang)
+    if mismatch is None:
+        return
+    report.warnings_count += 1
+    if len(report.warnings) < _MAX_REPORTED_WARNINGS:
+        report.warnings.append(f"row {line}: {mismatch}; enqueued anyway")
 
 
 def _summary(report: SubmitReport) -> str:

@@ -10,7 +10,7 @@ from typing import Any
 
 from celery import Celery
 
-from core.contract import TASK_NAME
+from core.contract import TASK_NAME, task_label
 from core.delivery import QUEUE, celery_options, time_limits
 from core.settings import Settings
 
@@ -44,4 +44,8 @@ class JobSender:
                     soft_time_limit=soft,
                     time_limit=hard,
                     producer=producer,
+                    # Flower and the task events show this, not the message: batch, row,
+                    # speaker and the text's start (core.contract.task_label).
+                    argsrepr=task_label(message),
+                    kwargsrepr="{}",
                 )

@@ -7,7 +7,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from core.errors import InvalidBatch, InvalidJob
 from core.settings import Settings
@@ -98,6 +98,7 @@ def _cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     say(_submit_summary(handle.batch_id, report), quiet=args.quiet)
     for exc in report.rejected:
         print(f"  rejected: {exc}", file=sys.stderr)
+    _print_warnings(report, sys.stderr)
     document: dict[str, Any] = {
         "batch_id": handle.batch_id,
         "rows": report.rows,
@@ -106,6 +107,8 @@ def _cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
         "jobs_already_done": report.jobs_already_done,
         "jobs_already_queued": report.jobs_in_flight,
         "rejected": [_rejected_line(exc) for exc in report.rejected],
+        "warnings": list(report.warnings),
+        "warnings_count": report.warnings_count,
     }
     if not args.json:
         print(handle.batch_id, flush=True)
@@ -184,6 +187,17 @@ def _counts(progress: Any) -> dict[str, int]:
         "failed": progress.failed,
         "pending": progress.pending,
     }
+
+
+def _print_warnings(report: Any, stream: TextIO) -> None:
+    """One line per warned row (the report keeps the first ones), then how many more."""
+    for warning in report.warnings:
+        print(f"  warning: {warning}", file=stream)
+    more = report.warnings_count - len(report.warnings)
+    if more > 0:
+        print(
+            f"  warning: and {more} more rows whose lang disagrees with their speaker", file=stream
+        )
 
 
 def _rejected_line(exc: InvalidJob) -> dict[str, Any]:
