@@ -83,7 +83,8 @@ def _complete(line: str) -> list[str]:
 
 
 def test_completion_answers_subcommand_names() -> None:
-    assert set(_complete("tts-batch s")) == {"submit", "status"}
+    assert set(_complete("tts-batch st")) == {"status"}
+    assert {"submit", "status"} <= set(_complete("tts-batch s"))
     assert "completion" in _complete("tts-batch ")
     assert "--json" in _complete("tts-batch status b1 --j")
     assert _complete("tts-batch completion z") == ["zsh"]
