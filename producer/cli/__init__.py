@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 from core.settings import Settings
 from devstack.credentials import local_settings
-from producer.cli import batch_commands, completion_commands, stack_commands
+from producer.cli import batch_commands, completion_commands, doctor, stack_commands
 from producer.cli.errors import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch_commands.register(sub)
     stack_commands.register(sub)
     completion_commands.register(sub)
+    doctor.register(sub)
     return parser
 
 
