@@ -27,6 +27,8 @@ from core.settings import Settings
 # Each network call's own timeout, and each check's deadline (a check may make a few calls).
 CALL_SECONDS = 2.0
 CHECK_SECONDS = 6.0
+# How long live workers get to answer ping (on the same machine they answer in milliseconds).
+PING_SECONDS = 1.0
 # Below this much free space a filesystem fails: a night's batch of WAVs is gigabytes.
 MIN_FREE_BYTES = 1 << 30
 UP = "`tts-batch up`"
@@ -175,9 +177,17 @@ def check_prometheus(t: Targets) -> list[Check]:
 
 
 def check_flower(t: Targets) -> list[Check]:
+    """Flower's health, then its login: /healthcheck answers anyone, its API only the login."""
     url = t.flower_url.rstrip("/")
     fix = fix_for(url, "--flower URL")
-    return [_http_check("flower", f"{url}/healthcheck", fix, auth=t.flower_auth)]
+    health = _http_check("flower", f"{url}/healthcheck", fix)
+    if not health.ok:
+        return [health]
+    login = _http_check("flower", f"{url}/api/workers", fix, auth=t.flower_auth)
+    if not login.ok:
+        return [login]
+    who = f" (login {t.flower_auth[0]})" if t.flower_auth else ""
+    return [Check("flower", True, f"{url} healthy{who}")]
 
 
 def check_workers(t: Targets) -> list[Check]:
@@ -190,10 +200,11 @@ def check_workers(t: Targets) -> list[Check]:
     app.conf.broker_connection_retry = False
     try:
         with app.connection_for_write() as conn:
-            conn.ensure_connection(max_retries=1, timeout=CALL_SECONDS)
-            pings = app.control.ping(timeout=CALL_SECONDS, connection=conn) or []
+            conn.ensure_connection(max_retries=0, timeout=CALL_SECONDS)
+            # Without a destination, ping waits its whole timeout for nodes it cannot know of.
+            pings = app.control.ping(timeout=PING_SECONDS, connection=conn) or []
             nodes = sorted(node for reply in pings for node in reply)
-            engines = _engine_replies(app, conn) if nodes else {}
+            engines = _engine_replies(app, conn, nodes) if nodes else {}
     except Exception as exc:  # kombu and redis raise many kinds; all mean the same here
         fix = fix_for(t.settings.broker_url, "TTS_BROKER_URL")
         return [Check("workers", False, f"cannot ask the workers: {_line(exc)}", fix)]
@@ -205,12 +216,20 @@ def check_workers(t: Targets) -> list[Check]:
     return [Check(f"worker {node}", True, _describe_engine(engines.get(node))) for node in nodes]
 
 
-def _engine_replies(app: Any, conn: Any) -> dict[str, dict[str, Any]]:
-    replies = app.control.broadcast("tts_engine", reply=True, timeout=CALL_SECONDS, connection=conn)
+def _engine_replies(app: Any, conn: Any, nodes: list[str]) -> dict[str, dict[str, Any]]:
+    # Every node answers, if only with an error: done when all have, not at the timeout.
+    replies = app.control.broadcast(
+        "tts_engine",
+        reply=True,
+        destination=nodes,
+        limit=len(nodes),
+        timeout=CALL_SECONDS,
+        connection=conn,
+    )
     found: dict[str, dict[str, Any]] = {}
     for reply in replies or []:
         for node, answer in reply.items():
-            # A node without the command answers {"error": "No such command."}.
+            # A node without the command answers {"error": "KeyError('tts_engine')"}.
             if isinstance(answer, dict) and "engine" in answer:
                 found[node] = answer
     return found
@@ -320,7 +339,8 @@ def _http_check(name: str, url: str, fix: str, *, auth: tuple[str, str] | None =
             status = response.status
     except urllib.error.HTTPError as exc:
         if exc.code == 401:
-            return Check(name, False, f"{url}: login refused (401)", "check the Flower login")
+            fix = "use the login in STACK_DIR/credentials.json (flower_user, flower_password)"
+            return Check(name, False, f"{url}: login refused (401)", fix)
         return Check(name, False, f"{url}: HTTP {exc.code}", fix)
     except (OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)

@@ -1,0 +1,168 @@
+"""`tts-batch doctor` and a second `tts-batch up`, run as an operator runs them: the CLI in a
+child process against a whole local stack of the module's own (state folder, free ports named
+by its ports.json), started and stopped by `tts-batch up` / `down`, fake engine."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devstack.credentials import read_credentials
+from devstack.layout import StackLayout, StackPorts
+from devstack.procs import read_pid
+from devstack.stack import LocalStack
+
+pytestmark = pytest.mark.integration
+
+ROWS = 3000
+SERVICE_CHECKS = {"redis", "s3", "pushgateway", "prometheus", "flower", "workers"}
+
+
+@dataclass
+class CliStack:
+    state_dir: Path
+    ports: StackPorts
+    env: dict[str, str]
+
+    def run(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "producer.cli", *args],
+            env=self.env,
+            cwd=self.state_dir.parent,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr
+        return proc
+
+    def worker_pid(self) -> int | None:
+        return read_pid(StackLayout(self.state_dir, ports=self.ports).dirs, "worker-1")
+
+
+def cli_env(state_dir: Path, ports: StackPorts, *, redis_password: str = "") -> dict[str, str]:
+    auth = f":{redis_password}@" if redis_password else ""
+    return {
+        **os.environ,
+        "TTS_STACK_DIR": str(state_dir),
+        "TTS_BROKER_URL": f"redis://{auth}127.0.0.1:{ports.redis}/0",
+        "TTS_S3_ENDPOINT": f"http://127.0.0.1:{ports.s3}",
+        "TTS_PUSHGATEWAY_URL": f"http://127.0.0.1:{ports.pushgateway}",
+        "TTS_ENGINE": "fake",
+    }
+
+
+@pytest.fixture(scope="module")
+def cli_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CliStack]:
+    state_dir = tmp_path_factory.mktemp("doctor") / "stack"
+    ports = StackPorts.find_free()
+    ports.save(state_dir)
+    stack = CliStack(state_dir, ports, cli_env(state_dir, ports))
+    try:
+        up = stack.run("up", "--workers", "1", "--concurrency", "2")
+        assert up.returncode == 0, up.stderr
+        # `up` gave the stack's Redis a password: later commands name it, as an operator would.
+        password = read_credentials(str(state_dir))["redis_password"]
+        stack.env = cli_env(state_dir, ports, redis_password=password)
+        yield stack
+    finally:
+        stack.run("down")
+
+
+def doctor_json(stack: CliStack, *args: str) -> tuple[int, dict[str, Any]]:
+    proc = stack.run("doctor", "--json", *args, timeout=60)
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def by_name(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["check"]: c for c in report["checks"]}
+
+
+def test_doctor_passes_on_a_running_stack(cli_stack: CliStack) -> None:
+    code, report = doctor_json(cli_stack)
+    assert code == 0, report
+    assert report["ok"] is True
+    checks = by_name(report)
+    assert all(c["ok"] for c in checks.values()), report
+    assert {"redis", "s3", "pushgateway", "prometheus", "flower", "model dir"} <= checks.keys()
+    node = f"worker-1@{socket.gethostname()}"
+    assert checks[f"worker {node}"]["detail"].startswith("online"), report
+    # The broker URL is shown without its password.
+    password = read_credentials(str(cli_stack.state_dir))["redis_password"]
+    assert password not in json.dumps(report)
+    assert "***" in checks["redis"]["detail"]
+
+    table = cli_stack.run("doctor", timeout=60)
+    assert table.returncode == 0, table.stdout
+    assert table.stdout.strip().splitlines()[-1] == f"all {len(checks)} checks pass"
+
+
+def test_doctor_fails_on_a_wrong_flower_login(cli_stack: CliStack) -> None:
+    flower = f"http://tts:wrong@127.0.0.1:{cli_stack.ports.flower}"
+    code, report = doctor_json(cli_stack, "--flower", flower)
+    assert code == 1
+    flower_check = by_name(report)["flower"]
+    assert not flower_check["ok"]
+    assert "login refused" in flower_check["detail"]
+
+
+def test_up_again_after_3000_jobs_answers_from_the_worker(cli_stack: CliStack) -> None:
+    pid = cli_stack.worker_pid()
+    assert pid is not None
+    rows = cli_stack.state_dir.parent / "rows.csv"
+    lines = ["id,text,speaker,lang,format"]
+    lines += [f"r{i:05d},Line number {i} of the long batch.,中文女,zh,wav" for i in range(ROWS)]
+    rows.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    done = cli_stack.run("submit", str(rows), "--batch-id", "big", "--wait", timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    # Past the 1 MiB the old readiness check read from the log's end.
+    log = cli_stack.state_dir / "logs" / "worker-1.log"
+    assert log.stat().st_size > 1 << 20, log.stat().st_size
+
+    again = cli_stack.run("up", "--workers", "1", timeout=120)
+    assert again.returncode == 0, again.stderr
+    worker_line = next(line for line in again.stdout.splitlines() if line.startswith("worker-1"))
+    assert "running" in worker_line and str(pid) in worker_line, again.stdout
+    assert cli_stack.worker_pid() == pid
+
+    ps = cli_stack.run("ps")
+    assert f"worker-1@{socket.gethostname()}" in ps.stdout, ps.stdout
+    assert "%h" not in ps.stdout
+
+
+def test_doctor_names_the_stopped_pushgateway_and_its_fix(cli_stack: CliStack) -> None:
+    LocalStack(StackLayout(cli_stack.state_dir, ports=cli_stack.ports)).stop("pushgateway")
+    code, report = doctor_json(cli_stack)
+    assert code == 1
+    checks = by_name(report)
+    assert not checks["pushgateway"]["ok"]
+    assert f":{cli_stack.ports.pushgateway}" in checks["pushgateway"]["detail"]
+    assert "`tts-batch up`" in checks["pushgateway"]["fix"]
+    assert [c for c in report["checks"] if not c["ok"]] == [checks["pushgateway"]]
+
+
+def test_doctor_with_nothing_running_fails_every_service_in_one_report(tmp_path: Path) -> None:
+    ports = StackPorts.find_free()
+    ports.save(tmp_path / "stack")
+    stack = CliStack(tmp_path / "stack", ports, cli_env(tmp_path / "stack", ports))
+    code, report = doctor_json(stack)
+    assert code == 1
+    checks = by_name(report)
+    assert checks.keys() >= SERVICE_CHECKS
+    for name in SERVICE_CHECKS:
+        assert not checks[name]["ok"], checks[name]
+        assert checks[name]["fix"], checks[name]
+    assert "`tts-batch up`" in checks["redis"]["fix"]
+    table = stack.run("doctor", timeout=60)
+    assert table.returncode == 1
+    assert "FAIL" in table.stdout
