@@ -9,19 +9,20 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from core.settings import Settings
 from devstack.credentials import read_credentials
 from devstack.layout import StackLayout, StackPorts
 from devstack.procs import read_pid
 from devstack.stack import LocalStack
-
-pytestmark = pytest.mark.integration
+from producer.doctor import Check, Targets, fix_for, hide_password, run_checks
 
 ROWS = 3000
 SERVICE_CHECKS = {"redis", "s3", "pushgateway", "prometheus", "flower", "workers"}
@@ -88,6 +89,7 @@ def by_name(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {c["check"]: c for c in report["checks"]}
 
 
+@pytest.mark.integration
 def test_doctor_passes_on_a_running_stack(cli_stack: CliStack) -> None:
     code, report = doctor_json(cli_stack)
     assert code == 0, report
@@ -107,6 +109,7 @@ def test_doctor_passes_on_a_running_stack(cli_stack: CliStack) -> None:
     assert table.stdout.strip().splitlines()[-1] == f"all {len(checks)} checks pass"
 
 
+@pytest.mark.integration
 def test_doctor_fails_on_a_wrong_flower_login(cli_stack: CliStack) -> None:
     flower = f"http://tts:wrong@127.0.0.1:{cli_stack.ports.flower}"
     code, report = doctor_json(cli_stack, "--flower", flower)
@@ -116,6 +119,7 @@ def test_doctor_fails_on_a_wrong_flower_login(cli_stack: CliStack) -> None:
     assert "login refused" in flower_check["detail"]
 
 
+@pytest.mark.integration
 def test_up_again_after_3000_jobs_answers_from_the_worker(cli_stack: CliStack) -> None:
     pid = cli_stack.worker_pid()
     assert pid is not None
@@ -140,6 +144,7 @@ def test_up_again_after_3000_jobs_answers_from_the_worker(cli_stack: CliStack) -
     assert "%h" not in ps.stdout
 
 
+@pytest.mark.integration
 def test_doctor_names_the_stopped_pushgateway_and_its_fix(cli_stack: CliStack) -> None:
     LocalStack(StackLayout(cli_stack.state_dir, ports=cli_stack.ports)).stop("pushgateway")
     code, report = doctor_json(cli_stack)
@@ -151,6 +156,7 @@ def test_doctor_names_the_stopped_pushgateway_and_its_fix(cli_stack: CliStack) -
     assert [c for c in report["checks"] if not c["ok"]] == [checks["pushgateway"]]
 
 
+@pytest.mark.integration
 def test_doctor_with_nothing_running_fails_every_service_in_one_report(tmp_path: Path) -> None:
     ports = StackPorts.find_free()
     ports.save(tmp_path / "stack")
@@ -166,3 +172,73 @@ def test_doctor_with_nothing_running_fails_every_service_in_one_report(tmp_path:
     table = stack.run("doctor", timeout=60)
     assert table.returncode == 1
     assert "FAIL" in table.stdout
+
+
+def test_ports_file_round_trips_and_moves_the_cli_stack(tmp_path: Path) -> None:
+    ports = StackPorts.from_base(21000)
+    ports.save(tmp_path)
+    assert StackPorts.saved(tmp_path) == ports
+    assert StackPorts.saved(tmp_path / "none") is None
+    settings = Settings(
+        stack_dir=str(tmp_path),
+        broker_url=f"redis://127.0.0.1:{ports.redis}/0",
+        s3_endpoint=f"http://127.0.0.1:{ports.s3}",
+        pushgateway_url=f"http://127.0.0.1:{ports.pushgateway}",
+    )
+    # Prometheus, Flower, the exporter and SeaweedFS's own ports come from the file.
+    assert LocalStack.from_settings(settings).layout.ports == ports
+
+
+def test_corrupt_ports_file_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    (tmp_path / "ports.json").write_text('{"redis": 1}', encoding="utf-8")
+    stack = CliStack(tmp_path, StackPorts.local(), {**os.environ, "TTS_STACK_DIR": str(tmp_path)})
+    proc = stack.run("doctor", timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"tts-batch: error: {tmp_path / 'ports.json'}: must hold exactly the ports "
+        + ", ".join(f.name for f in fields(StackPorts))
+    ]
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:s3cret@127.0.0.1:6379/0", "redis://:***@127.0.0.1:6379/0"),
+        ("rediss://app:s3cret@redis.internal/2", "rediss://app:***@redis.internal/2"),
+        ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+    ],
+)
+def test_broker_password_is_hidden(url: str, shown: str) -> None:
+    assert hide_password(url) == shown
+
+
+def test_fix_names_up_for_the_local_stack_and_the_setting_elsewhere() -> None:
+    assert "`tts-batch up`" in fix_for("http://127.0.0.1:19091", "TTS_PUSHGATEWAY_URL")
+    remote = fix_for("http://push.internal:9091", "TTS_PUSHGATEWAY_URL")
+    assert "tts-batch up" not in remote
+    assert "TTS_PUSHGATEWAY_URL" in remote and "push.internal" in remote
+
+
+def test_a_hung_check_costs_its_deadline_not_the_report() -> None:
+    release = threading.Event()
+
+    def hangs(_: Targets) -> list[Check]:
+        release.wait()
+        return []
+
+    def passes(_: Targets) -> list[Check]:
+        return [Check("fine", True, "ok")]
+
+    def breaks(_: Targets) -> list[Check]:
+        raise RuntimeError("boom")
+
+    targets = Targets(Settings(), "http://x", "http://y", None, Path("."))
+    try:
+        got = run_checks(
+            targets, [("hung", hangs), ("fine", passes), ("broken", breaks)], deadline=0.5
+        )
+    finally:
+        release.set()
+    assert [(c.check, c.ok) for c in got] == [("hung", False), ("fine", True), ("broken", False)]
+    assert "no answer within 0.5 s" in got[0].detail
+    assert "boom" in got[2].detail
