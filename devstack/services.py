@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.delivery import CELERY_APP, QUEUE, worker_pool
+from core.delivery import CELERY_APP, QUEUE, celery_options, worker_pool
 from core.errors import StackError
 from core.settings import Settings
 from devstack.credentials import StackCredentials, write_secret
@@ -409,7 +409,9 @@ def _worker(name: str, ctx: ServiceContext) -> Service:
     hostname = worker_node_name(name)
     # Prefork with `concurrency` processes, or one batched process with B task threads: the
     # node's own settings decide (core.delivery.worker_pool), as celeryconfig.py does.
-    pool = worker_pool(Settings.from_env(ctx.env), processes=ctx.concurrency)
+    # The node's own settings: its broker may not be the stack's Redis (a TLS one in tests).
+    settings = Settings.from_env(ctx.env)
+    pool = worker_pool(settings, processes=ctx.concurrency)
     return Service(
         spec=ProcSpec(
             name=name,
@@ -438,23 +440,29 @@ def _worker(name: str, ctx: ServiceContext) -> Service:
         ports=(),
         url=hostname,
         # The node itself answers: ready once it consumes, however long its log has grown.
-        ready=lambda: node_answers_ping(redis_url(ctx), hostname),
+        ready=lambda: node_answers_ping(settings, hostname),
         grace=30.0,
         missing=_missing(ctx, ctx.app),
     )
 
 
-def node_answers_ping(broker_url: str, node: str, *, timeout: float = 1.0) -> bool:
-    """True if Celery node `node` answers a ping sent through `broker_url` within `timeout`."""
+def node_answers_ping(settings: Settings, node: str, *, timeout: float = 1.0) -> bool:
+    """True if Celery node `node` answers a ping sent through `settings`' broker (and its TLS
+    options) within `timeout`."""
     from celery import Celery
     from kombu.exceptions import KombuError
     from redis.exceptions import RedisError
 
-    app = Celery("tts_stack_probe", broker=broker_url, set_as_current=False)
+    app = Celery("tts_stack_probe", set_as_current=False)
+    app.conf.update(**celery_options(settings))
     # One attempt: the caller polls, and a Redis that is down must not stall a probe.
     app.conf.broker_connection_retry = False
     app.conf.broker_connection_max_retries = 0
-    app.conf.broker_transport_options = {"socket_connect_timeout": timeout, "max_retries": 0}
+    app.conf.broker_transport_options = {
+        **app.conf.broker_transport_options,
+        "socket_connect_timeout": timeout,
+        "max_retries": 0,
+    }
     try:
         with app.connection_for_write() as conn:
             replies = app.control.ping(destination=[node], timeout=timeout, connection=conn)
