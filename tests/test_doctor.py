@@ -22,7 +22,7 @@ from devstack.credentials import read_credentials
 from devstack.layout import StackLayout, StackPorts
 from devstack.procs import read_pid
 from devstack.stack import LocalStack
-from producer.doctor import Check, Targets, fix_for, hide_password, run_checks
+from producer.doctor import Check, Targets, check_workers, fix_for, hide_password, run_checks
 
 ROWS = 3000
 SERVICE_CHECKS = {"redis", "s3", "pushgateway", "prometheus", "flower", "workers"}
@@ -242,3 +242,34 @@ def test_a_hung_check_costs_its_deadline_not_the_report() -> None:
     assert [(c.check, c.ok) for c in got] == [("hung", False), ("fine", True), ("broken", False)]
     assert "no answer within 0.5 s" in got[0].detail
     assert "boom" in got[2].detail
+
+
+@pytest.mark.integration
+def test_workers_show_their_engine_or_unknown(stack: Any) -> None:
+    """Two live nodes on the harness's Redis: one answers `tts_engine`, one (an older worker)
+    does not; both are listed as online, neither fails the check."""
+    from tests.support.engine_reply_app import REPLY
+
+    support = str(Path(__file__).parent / "support")
+    names = {
+        "engine_reply_app": f"worker-eng{os.getpid()}",
+        "localstack_app": f"worker-old{os.getpid()}",
+    }
+    nodes = {
+        app: LocalStack(stack.layout, app=app, extra_env={"PYTHONPATH": support}) for app in names
+    }
+    try:
+        for app, node_stack in nodes.items():
+            node_stack.up([names[app]], concurrency=1)
+        targets = Targets(stack.settings(), "http://x", "http://y", None, Path("."))
+        checks = {c.check: c for c in check_workers(targets)}
+    finally:
+        for app, node_stack in nodes.items():
+            node_stack.stop(names[app])
+    host = socket.gethostname()
+    new = checks[f"worker {names['engine_reply_app']}@{host}"]
+    old = checks[f"worker {names['localstack_app']}@{host}"]
+    assert new.ok and old.ok
+    assert f"engine {REPLY['engine']}, model {REPLY['model']}" in new.detail
+    assert all(voice in new.detail for voice in [*REPLY["speakers"], *REPLY["aliases"]])
+    assert "engine unknown" in old.detail
