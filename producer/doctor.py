@@ -32,6 +32,8 @@ PING_SECONDS = 1.0
 # Below this much free space a filesystem fails: a night's batch of WAVs is gigabytes.
 MIN_FREE_BYTES = 1 << 30
 UP = "`tts-batch up`"
+# Voices listed per worker in the table; `tts-batch speakers` lists them all.
+VOICES_SHOWN = 8
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
@@ -236,15 +238,18 @@ def _engine_replies(app: Any, conn: Any, nodes: list[str]) -> dict[str, dict[str
 
 
 def _describe_engine(info: dict[str, Any] | None) -> str:
+    """One line from a `tts_engine` reply: {"engine", "model" (a CosyVoice node's model
+    directory, else None), "model_id", "speakers" (ids), "aliases" (alias -> id)}."""
     if info is None:
         return "online; engine unknown (the node does not answer `tts_engine`)"
-    speakers = list(info.get("speakers") or [])
-    aliases = list(info.get("aliases") or [])
-    voices = ", ".join(str(s) for s in [*aliases, *speakers][:8]) or "none"
-    more = len(speakers) + len(aliases) - 8
-    tail = f" (+{more})" if more > 0 else ""
-    model = info.get("model") or "-"
-    return f"online; engine {info.get('engine')}, model {model}, voices {voices}{tail}"
+    speakers = [str(s) for s in info.get("speakers") or []]
+    aliases = info.get("aliases") or {}
+    alias_of = {str(v): str(k) for k, v in aliases.items()} if isinstance(aliases, dict) else {}
+    named = [f"{alias_of[s]} ({s})" if s in alias_of else s for s in speakers]
+    shown = ", ".join(named[:VOICES_SHOWN]) or "none"
+    more = f" and {len(named) - VOICES_SHOWN} more" if len(named) > VOICES_SHOWN else ""
+    model = " ".join(str(m) for m in (info.get("model_id"), info.get("model")) if m) or "-"
+    return f"online; engine {info.get('engine')}, model {model}; voices {shown}{more}"
 
 
 def check_model_dir(t: Targets) -> list[Check]:

@@ -14,11 +14,13 @@ from core.delivery import QUEUE
 app = Celery("engine_reply_test", broker=os.environ.get("TTS_BROKER_URL", "redis://127.0.0.1:1/0"))
 app.conf.task_default_queue = QUEUE
 
+# The shape of the worker's reply (worker/engine_info.py on the voices branch).
 REPLY = {
     "engine": "fake",
-    "model": "fake-tone-1",
-    "speakers": ["中文女", "英文女"],
-    "aliases": ["zh-female", "en-female"],
+    "model": None,
+    "model_id": "fake-tone-1",
+    "speakers": ["中文女", "英文女", "日语男"],
+    "aliases": {"zh-female": "中文女", "en-female": "英文女"},
 }
 
 
