@@ -59,6 +59,7 @@ class Targets:
     flower_url: str
     flower_auth: tuple[str, str] | None
     audio_dir: Path
+    min_free_bytes: int = MIN_FREE_BYTES
 
 
 CheckFn = Callable[[Targets], list[Check]]
@@ -282,8 +283,9 @@ def check_disk(t: Targets) -> list[Check]:
             out.append(Check(f"disk ({what})", False, f"{path}: {_line(exc)}", ""))
             continue
         detail = f"{path}: {free / 2**30:.1f} GiB free"
-        if free < MIN_FREE_BYTES:
-            fix = f"free space on the filesystem of {existing} (at least 1 GiB)"
+        if free < t.min_free_bytes:
+            need = t.min_free_bytes / 2**30
+            fix = f"free space on the filesystem of {existing} (at least {need:g} GiB)"
             out.append(Check(f"disk ({what})", False, detail, fix))
         else:
             out.append(Check(f"disk ({what})", True, detail))

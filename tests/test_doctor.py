@@ -22,7 +22,16 @@ from devstack.credentials import read_credentials
 from devstack.layout import StackLayout, StackPorts
 from devstack.procs import read_pid
 from devstack.stack import LocalStack
-from producer.doctor import Check, Targets, check_workers, fix_for, hide_password, run_checks
+from producer.doctor import (
+    Check,
+    Targets,
+    check_disk,
+    check_model_dir,
+    check_workers,
+    fix_for,
+    hide_password,
+    run_checks,
+)
 
 ROWS = 3000
 SERVICE_CHECKS = {"redis", "s3", "pushgateway", "prometheus", "flower", "workers"}
@@ -271,3 +280,34 @@ def test_workers_show_their_engine_or_unknown(stack: Any) -> None:
     assert "engine fake, model fake-tone-1; voices " in new.detail
     assert "zh-female (中文女), en-female (英文女), 日语男" in new.detail
     assert "engine unknown" in old.detail
+
+
+def test_model_dir_checked_only_for_cosyvoice(tmp_path: Path) -> None:
+    from worker.engines.cosyvoice.model_dir import REQUIRED_FILES
+
+    def model_check(**changes: Any) -> Check:
+        targets = Targets(Settings(**changes), "http://x", "http://y", None, tmp_path)
+        [got] = check_model_dir(targets)
+        return got
+
+    assert model_check(engine="espeak").ok
+    missing = model_check(engine="cosyvoice", model_dir="")
+    assert not missing.ok and "TTS_MODEL_DIR" in missing.detail
+    assert "make install-cosyvoice" in missing.fix
+    (tmp_path / "llm.pt").write_bytes(b"")
+    partial = model_check(engine="cosyvoice", model_dir=str(tmp_path))
+    assert not partial.ok and "flow.pt" in partial.detail
+    for name in REQUIRED_FILES:
+        (tmp_path / name).write_bytes(b"")
+    assert model_check(engine="cosyvoice", model_dir=str(tmp_path)).ok
+
+
+def test_disk_below_the_minimum_fails_and_says_where(tmp_path: Path) -> None:
+    settings = Settings(stack_dir=str(tmp_path / "state"), metrics_dir=str(tmp_path / "m"))
+    roomy = Targets(settings, "http://x", "http://y", None, tmp_path, min_free_bytes=1)
+    assert all(c.ok for c in check_disk(roomy))
+    full = Targets(settings, "http://x", "http://y", None, tmp_path, min_free_bytes=1 << 60)
+    checks = check_disk(full)
+    assert [c.check for c in checks] == ["disk (audio)", "disk (metrics)", "disk (stack state)"]
+    assert not any(c.ok for c in checks)
+    assert str(tmp_path) in checks[0].fix
