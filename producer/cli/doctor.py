@@ -23,16 +23,23 @@ def register(sub: Any) -> None:
         ),
     )
     p.add_argument("--json", action="store_true", help="print the checks as JSON")
-    p.add_argument("--prometheus", default=None, help="Prometheus URL (default: the local stack's)")
+    p.add_argument(
+        "--prometheus",
+        default=None,
+        metavar="URL",
+        help="Prometheus URL (default: the local stack's)",
+    )
     p.add_argument(
         "--flower",
         default=None,
+        metavar="URL",
         help="Flower URL, USER:PASSWORD@ in it for its login (default: the local stack's)",
     )
     p.add_argument(
         "--audio-dir",
         type=Path,
         default=Path("."),
+        metavar="DIR",
         help="where `fetch` will write audio, for the free-disk check (default: here)",
     )
     p.set_defaults(run=_cmd_doctor)
