@@ -115,7 +115,13 @@ def test_doctor_passes_on_a_running_stack(cli_stack: CliStack) -> None:
 
     table = cli_stack.run("doctor", timeout=60)
     assert table.returncode == 0, table.stdout
-    assert table.stdout.strip().splitlines()[-1] == f"all {len(checks)} checks pass"
+    rows = table.stdout.strip().splitlines()
+    assert rows[0].split() == ["CHECK", "STATUS", "DETAIL", "FIX"]
+    assert len(rows) == 1 + len(checks)
+    assert all("  OK  " in row and "FAIL" not in row for row in rows[1:]), table.stdout
+    assert table.stderr.strip() == f"doctor: all {len(checks)} pass"
+    quiet = cli_stack.run("doctor", "--quiet", timeout=60)
+    assert quiet.returncode == 0 and quiet.stderr == ""
 
 
 @pytest.mark.integration
@@ -181,6 +187,8 @@ def test_doctor_with_nothing_running_fails_every_service_in_one_report(tmp_path:
     table = stack.run("doctor", timeout=60)
     assert table.returncode == 1
     assert "FAIL" in table.stdout
+    failed = sum(not c["ok"] for c in report["checks"])
+    assert table.stderr.strip() == f"doctor: {failed} of {len(checks)} checks fail"
 
 
 def test_ports_file_round_trips_and_moves_the_cli_stack(tmp_path: Path) -> None:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from core.settings import Settings
 from producer.cli.errors import EXIT_FAILED, EXIT_OK
+from producer.cli.output import add_output_options, print_json, say
 
 
 def register(sub: Any) -> None:
@@ -22,7 +22,7 @@ def register(sub: Any) -> None:
             "seconds, even with everything down. Exit 0 only if every check passes."
         ),
     )
-    p.add_argument("--json", action="store_true", help="print the checks as JSON")
+    add_output_options(p)
     p.add_argument(
         "--prometheus",
         default=None,
@@ -51,9 +51,12 @@ def _cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
     checks = run_checks(_targets(args, settings))
     ok = all(c.ok for c in checks)
     if args.json:
-        print(json.dumps({"ok": ok, "checks": [c.to_dict() for c in checks]}, indent=2))
+        print_json({"ok": ok, "checks": [c.to_dict() for c in checks]})
     else:
         print(format_checks(checks))
+    failed = sum(not c.ok for c in checks)
+    verdict = f"{failed} of {len(checks)} checks fail" if failed else f"all {len(checks)} pass"
+    say(f"doctor: {verdict}", quiet=args.quiet)
     return EXIT_OK if ok else EXIT_FAILED
 
 
@@ -90,7 +93,7 @@ def _split_login(url: str) -> tuple[tuple[str, str] | None, str]:
 
 
 def format_checks(checks: Any) -> str:
-    """A table: check, OK/FAIL, what was seen, the fix; then a one-line verdict."""
+    """A table: check, OK/FAIL, what was seen, the fix."""
     rows = [("CHECK", "STATUS", "DETAIL", "FIX")]
     rows += [(c.check, "OK" if c.ok else "FAIL", c.detail, c.fix) for c in checks]
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
@@ -98,8 +101,4 @@ def format_checks(checks: Any) -> str:
         f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}".rstrip()
         for r in rows
     ]
-    failed = sum(not c.ok for c in checks)
-    lines.append(
-        f"all {len(checks)} checks pass" if not failed else f"{failed} of {len(checks)} checks fail"
-    )
     return "\n".join(lines)
