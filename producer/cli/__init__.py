@@ -24,7 +24,13 @@ from collections.abc import Sequence
 
 from core.settings import Settings
 from devstack.credentials import local_settings
-from producer.cli import batch_commands, completion_commands, speaker_commands, stack_commands
+from producer.cli import (
+    batch_commands,
+    completion_commands,
+    doctor_commands,
+    speaker_commands,
+    stack_commands,
+)
 from producer.cli.errors import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -69,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     stack_commands.register(sub)
     completion_commands.register(sub)
     speaker_commands.register(sub)
+    doctor_commands.register(sub)
     return parser
 
 
