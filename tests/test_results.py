@@ -85,15 +85,24 @@ def test_manifest_lines_and_object_for_a_batch_nobody_waits_for(
         encoding="utf-8",
     )
     local = tmp_path / "submitted.jsonl"
+    # Unique: manifest objects outlive the per-test Redis flush (the bucket is the session's).
+    batch_id = f"mixed-{uuid.uuid4().hex[:8]}"
     submitted = run_cli(
-        wide, "submit", str(jobs), "--batch-id", "mixed", "--skip-invalid", "--manifest", str(local)
+        wide,
+        "submit",
+        str(jobs),
+        "--batch-id",
+        batch_id,
+        "--skip-invalid",
+        "--manifest",
+        str(local),
     )
     assert submitted.returncode == 1, submitted.stderr  # a row was rejected
     assert "Traceback" not in submitted.stderr
     # Written at once, without --wait: one line per row, each naming the batch; rows the
     # workers have not finished yet say pending, the rejected row says why.
     lines = _lines(local.read_text(encoding="utf-8"))
-    assert {line["batch_id"] for line in lines} == {"mixed"}
+    assert {line["batch_id"] for line in lines} == {batch_id}
     by_id = {line["id"]: line for line in lines if line["id"] is not None}
     assert set(by_id) == {"new", "old", "bad"}
     assert {by_id[i]["status"] for i in by_id} <= {"pending", "succeeded", "cached", "failed"}
@@ -102,11 +111,11 @@ def test_manifest_lines_and_object_for_a_batch_nobody_waits_for(
 
     # Nobody waits: the worker that records the last outcome writes the manifest object.
     document = wait_until(
-        lambda: _manifest_object(store, "mixed"), timeout=60, what="the manifest object"
+        lambda: _manifest_object(store, batch_id), timeout=60, what="the manifest object"
     )
     rows = {row["id"]: row for row in document["rows"]}
-    assert document["batch_id"] == "mixed"
-    assert {row["batch_id"] for row in document["rows"]} == {"mixed"}
+    assert document["batch_id"] == batch_id
+    assert {row["batch_id"] for row in document["rows"]} == {batch_id}
     assert {i: rows[i]["status"] for i in ("new", "old", "bad")} == {
         "new": "succeeded",
         "old": "cached",
@@ -119,17 +128,17 @@ def test_manifest_lines_and_object_for_a_batch_nobody_waits_for(
 
     # `tts-batch manifest` writes the same lines at any time; exit 1 as a row failed.
     later = tmp_path / "later.jsonl"
-    written = run_cli(settings, "manifest", "mixed", "--out", str(later))
+    written = run_cli(settings, "manifest", batch_id, "--out", str(later))
     assert written.returncode == 1, written.stderr
     assert _lines(later.read_text(encoding="utf-8")) == document["rows"]
 
     # A repair reopens the batch; its last outcome writes the manifest object again.
-    _delete(store, manifest_key("mixed"))
+    _delete(store, manifest_key(batch_id))
     _delete(store, str(rows["new"]["key"]))
-    repaired = run_cli(settings, "verify", "mixed", "--repair")
+    repaired = run_cli(settings, "verify", batch_id, "--repair")
     assert repaired.returncode == 0, repaired.stderr
     again = wait_until(
-        lambda: _manifest_object(store, "mixed"), timeout=60, what="the rewritten manifest"
+        lambda: _manifest_object(store, batch_id), timeout=60, what="the rewritten manifest"
     )
     assert {row["id"]: row["status"] for row in again["rows"]}["new"] == "succeeded"
     assert store.head(str(rows["new"]["key"])) is not None
@@ -138,23 +147,32 @@ def test_manifest_lines_and_object_for_a_batch_nobody_waits_for(
 def test_manifest_of_a_batch_with_no_worker_is_all_pending(
     settings: Settings, tmp_path: Path
 ) -> None:
-    Producer(settings).submit_batch(_fresh(3), batch_id="idle")
-    printed = run_cli(settings, "manifest", "idle")
+    batch_id = f"idle-{uuid.uuid4().hex[:8]}"
+    Producer(settings).submit_batch(_fresh(3), batch_id=batch_id)
+    printed = run_cli(settings, "manifest", batch_id)
     assert printed.returncode == 1  # rows pending
     lines = _lines(printed.stdout)
     assert [(line["batch_id"], line["id"], line["status"]) for line in lines] == [
-        ("idle", "r0", "pending"),
-        ("idle", "r1", "pending"),
-        ("idle", "r2", "pending"),
+        (batch_id, "r0", "pending"),
+        (batch_id, "r1", "pending"),
+        (batch_id, "r2", "pending"),
     ]
     assert "3 of 3 rows still pending" in printed.stderr
-    # No object: the batch has not ended.
-    assert _manifest_object(AudioStore.from_settings(settings), "idle") is None
+    # No object: the batch has not ended; --upload writes one now, on the operator's word.
+    store = AudioStore.from_settings(settings)
+    assert _manifest_object(store, batch_id) is None
+    uploaded = run_cli(
+        settings, "manifest", batch_id, "--out", str(tmp_path / "m.jsonl"), "--upload"
+    )
+    assert f"s3://{settings.s3_bucket}/batches/{batch_id}/manifest.json" in uploaded.stderr
+    document = _manifest_object(store, batch_id)
+    assert document is not None and document["counts"] == {"pending": 3}
+    assert document["rows"] == _lines((tmp_path / "m.jsonl").read_text(encoding="utf-8"))
 
 
 def test_a_manifest_that_cannot_be_written_never_fails_the_caller(settings: Settings) -> None:
     client = redis.Redis.from_url(settings.broker_url)
-    state = BatchState(client, "ended", ttl_seconds=600)
+    state = BatchState(client, f"ended-{uuid.uuid4().hex[:8]}", ttl_seconds=600)
     state.create()
     state.add_rows([("a", "j1")])
     state.record("j1", {"job_id": "j1", "status": "succeeded", "key": "audio/00/x.wav"})
@@ -175,7 +193,7 @@ def test_a_manifest_that_cannot_be_written_never_fails_the_caller(settings: Sett
     # The same batch with a reachable bucket: written.
     ok = Ctx(AudioStore.from_settings(settings), metrics)
     assert publish_if_finished(ok, state) is True
-    assert _manifest_object(ok.store, "ended") is not None
+    assert _manifest_object(ok.store, state.batch_id) is not None
 
 
 # -- fetch ---------------------------------------------------------------------------------------
