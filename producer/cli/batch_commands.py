@@ -100,7 +100,17 @@ def _cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
         from producer.cli.results_commands import write_manifest
 
         write_manifest(args.manifest, handle, report.rejected)
-        print(f"manifest: {args.manifest}", file=sys.stderr)
+        pending = sum(r.status == "pending" for r in results)
+        print(
+            f"manifest: {args.manifest}"
+            + (
+                f" ({pending} rows pending: `tts-batch manifest {handle.batch_id} --out "
+                f"{args.manifest}` writes it again later)"
+                if pending
+                else ""
+            ),
+            file=sys.stderr,
+        )
     failed = [r for r in results if not r.ok]
     for result in failed[:20]:
         print(
