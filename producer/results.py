@@ -10,7 +10,10 @@ downloaded again, which is slower but never wrong.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,6 +27,10 @@ if TYPE_CHECKING:
 # SigV4 presigned URLs live at most 7 days.
 MAX_PRESIGN_SECONDS = 7 * 24 * 3600
 _MD5_HEX = re.compile(r"[0-9a-f]{32}")
+# Downloads in flight: below botocore's connection pool (10), as verify's lookups.
+FETCH_THREADS = 8
+# Rows handed to the threads per round (bounded memory whatever the batch's size).
+FETCH_CHUNK = 500
 
 DOWNLOADED, SKIPPED, NO_AUDIO, MISSING = "downloaded", "skipped", "no_audio", "missing"
 
@@ -33,8 +40,7 @@ class Fetched:
     """What fetching one row did: DOWNLOADED, SKIPPED (same file there already), NO_AUDIO
     (failed, pending or any status without an object) or MISSING (gone from the bucket)."""
 
-    row_id: str
-    status: str
+    result: JobResult
     action: str
     path: Path | None = None
 
@@ -65,19 +71,33 @@ def fetch(store: AudioStore, result: JobResult, directory: Path) -> Fetched:
     """Download a row's audio into `directory` as `file_name(result)`, unless a file with the
     same content is there already. The folder must exist."""
     if not result.ok or result.key is None:
-        return Fetched(result.row_id, result.status, NO_AUDIO)
+        return Fetched(result, NO_AUDIO)
     path = directory / file_name(result)
     if path.is_file():
         stored = store.head(result.key)
         if stored is None:
-            return Fetched(result.row_id, result.status, MISSING, path)
+            return Fetched(result, MISSING, path)
         if same_content(path, stored):
-            return Fetched(result.row_id, result.status, SKIPPED, path)
+            return Fetched(result, SKIPPED, path)
     try:
         store.download(result.key, path)
     except ObjectMissing:
-        return Fetched(result.row_id, result.status, MISSING, path)
-    return Fetched(result.row_id, result.status, DOWNLOADED, path)
+        return Fetched(result, MISSING, path)
+    return Fetched(result, DOWNLOADED, path)
+
+
+def fetch_all(
+    store: AudioStore, results: Iterable[JobResult], directory: Path
+) -> Iterator[Fetched]:
+    """`fetch` for every result, FETCH_THREADS at a time; yields in the results' order."""
+    rows = iter(results)
+    with ThreadPoolExecutor(max_workers=FETCH_THREADS, thread_name_prefix="fetch") as pool:
+        try:
+            while chunk := list(itertools.islice(rows, FETCH_CHUNK)):
+                yield from pool.map(lambda result: fetch(store, result, directory), chunk)
+        finally:
+            # On an error or Ctrl-C, the downloads not yet started are dropped, not waited for.
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def presigned_url(store: AudioStore, result: JobResult, seconds: int) -> str:

@@ -137,14 +137,14 @@ def _cmd_fetch(args: argparse.Namespace, settings: Settings) -> int:
 
 def _download(handle: Any, folder: Path, *, as_json: bool) -> int:
     from producer.cli.fetch_progress import FetchProgress
-    from producer.results import DOWNLOADED, MISSING, NO_AUDIO, SKIPPED, fetch
+    from producer.results import DOWNLOADED, MISSING, NO_AUDIO, SKIPPED, fetch_all
 
     store = handle.store
     folder.mkdir(parents=True, exist_ok=True)
     progress = FetchProgress(handle.progress().total, sys.stderr)
     rows: list[dict[str, Any]] = []
-    for result in handle.results():
-        fetched = fetch(store, result, folder)
+    for fetched in fetch_all(store, handle.results(), folder):
+        result = fetched.result
         progress.step(fetched)
         if as_json:
             rows.append(_fetched_row(result, fetched))
