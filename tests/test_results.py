@@ -308,3 +308,28 @@ def test_manifest_of_an_unknown_batch_exits_2_and_writes_nothing(
     assert done.returncode == 2
     assert "no batch 'nosuch'" in done.stderr and "Traceback" not in done.stderr
     assert not out.exists()
+
+
+def test_a_failure_the_parent_records_last_writes_the_manifest_object(settings: Settings) -> None:
+    # The parent records the jobs its pool processes cannot (hard time limit, the reconciler):
+    # when such a failure is the batch's last outcome, the parent writes the manifest.
+    from worker.parent.outcomes import ParentRecorder
+
+    client = redis.Redis.from_url(settings.broker_url)
+    recorder = ParentRecorder(settings, client, WorkerMetrics(engine="fake"), "node-test")
+    batch_id = f"parent-{uuid.uuid4().hex[:8]}"
+    state = recorder.batch(batch_id)
+    state.create()
+    state.add_rows([("a", "ja"), ("b", "jb")])
+    state.record("ja", {"job_id": "ja", "status": "succeeded", "key": "audio/00/a.wav"})
+    store = AudioStore.from_settings(settings)
+    assert _manifest_object(store, batch_id) is None  # none before the last outcome
+
+    message = {"job_id": "jb", "batch_id": batch_id, "text": "hello"}
+    recorder.fail(message, reason="timeout", error="hard time limit (9 s) exceeded")
+    document = _manifest_object(store, batch_id)
+    assert document is not None
+    assert [(r["batch_id"], r["id"], r["status"], r["reason"]) for r in document["rows"]] == [
+        (batch_id, "a", "succeeded", None),
+        (batch_id, "b", "failed", "timeout"),
+    ]
