@@ -4,8 +4,9 @@
     batch = producer.submit_batch([{"id": "a1", "text": "...", "speaker": "英文女"}])
     for result in batch.wait(timeout=600):
         print(result.row_id, result.status, result.uri)
-        result.download("out/", store=batch.store)   # out/a1.wav (skipped if already there)
-        print(result.presigned_url(3600, store=batch.store))
+        if result.ok:  # succeeded or cached: it has audio
+            result.download("out/", store=batch.store)  # out/a1.wav; kept if already there
+            print(result.presigned_url(3600, store=batch.store))
 
 Imports no torch and no engine.
 """
