@@ -333,3 +333,53 @@ def test_a_failure_the_parent_records_last_writes_the_manifest_object(settings: 
         (batch_id, "a", "succeeded", None),
         (batch_id, "b", "failed", "timeout"),
     ]
+
+
+def test_fetch_draws_a_bar_only_on_a_terminal(
+    settings: Settings, workers: Any, tmp_path: Path
+) -> None:
+    import fcntl
+    import os
+    import pty
+    import struct
+    import subprocess
+    import sys
+    import termios
+    import threading
+
+    workers.start(concurrency=1)
+    Producer(settings).submit_batch(_fresh(2), batch_id="bar").wait(timeout=60)
+    leader, follower = pty.openpty()
+    # A terminal of 80 columns (a fresh pty has 0: tqdm would draw an empty bar).
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    drawn: list[bytes] = []
+
+    def read_terminal() -> None:
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # EIO: the terminal's other end is closed
+                return
+            if not chunk:
+                return
+            drawn.append(chunk)
+
+    reader = threading.Thread(target=read_terminal, daemon=True)
+    reader.start()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "producer.cli", "fetch", "bar", "--to", str(tmp_path / "a")],
+            env={**os.environ, **settings.to_env()},
+            stdout=subprocess.PIPE,
+            stderr=follower,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        os.close(follower)
+    reader.join(timeout=10)
+    os.close(leader)
+    assert done.returncode == 0
+    text = b"".join(drawn).decode(errors="replace")
+    assert "fetch" in text and "2/2" in text and "\r" in text.replace("\r\n", "")  # tqdm frames
+    assert "fetch: 2/2 rows" not in text  # not the plain lines of a pipe
