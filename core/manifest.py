@@ -25,7 +25,11 @@ _IF_PRESENT = ("field", "line")
 
 
 def manifest_key(batch_id: str) -> str:
-    return MANIFEST_KEY.format(batch_id=batch_id)
+    """The object key of a batch's manifest. Batch ids match [A-Za-z0-9._-]{1,128}; '.' and
+    '..' alone are written %2E and %2E%2E (a path-like server could resolve them; '%' is in no
+    id, so no other batch's key can be the same)."""
+    segment = batch_id.replace(".", "%2E") if batch_id in (".", "..") else batch_id
+    return MANIFEST_KEY.format(batch_id=segment)
 
 
 def manifest_line(

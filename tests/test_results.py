@@ -383,3 +383,15 @@ def test_fetch_draws_a_bar_only_on_a_terminal(
     text = b"".join(drawn).decode(errors="replace")
     assert "fetch" in text and "2/2" in text and "\r" in text.replace("\r\n", "")  # tqdm frames
     assert "fetch: 2/2 rows" not in text  # not the plain lines of a pipe
+
+
+def test_the_manifest_of_a_batch_named_dot_dot_stays_in_its_place(settings: Settings) -> None:
+    # '..' is a valid batch id; its manifest key must not read as a path to the parent.
+    batch = Producer(settings).submit_batch(_fresh(1), batch_id="..")
+    assert batch.upload_manifest() == f"s3://{settings.s3_bucket}/batches/%2E%2E/manifest.json"
+    document = _manifest_object(batch.store, "..")
+    assert document is not None and document["batch_id"] == ".."
+    assert (
+        batch.store.head("manifest.json") is None
+        and batch.store.head("batches/manifest.json") is None
+    )
