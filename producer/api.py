@@ -4,6 +4,9 @@
     batch = producer.submit_batch([{"id": "a1", "text": "...", "speaker": "en-female"}])
     for result in batch.wait(timeout=600):
         print(result.row_id, result.status, result.uri)
+        if result.ok:  # succeeded or cached: it has audio
+            result.download("out/", store=batch.store)  # out/a1.wav; kept if already there
+            print(result.presigned_url(3600, store=batch.store))
 
 A speaker is named by its id (英文女) or its ASCII alias (en-female; core/speakers.py): the
 same job either way. `batch.report.warnings` names rows whose `lang` disagrees with their
@@ -58,7 +61,9 @@ _MAX_REPORTED_WARNINGS = 20
 
 @dataclass(frozen=True)
 class JobResult:
-    """The outcome of one row. `status` is succeeded, cached, failed or pending."""
+    """The outcome of one row. `status` is succeeded, cached, failed or pending (or any other
+    status the batch records). A plain value: the methods that reach the bucket take the store
+    (`BatchHandle.store`)."""
 
     row_id: str
     job_id: str
@@ -87,6 +92,28 @@ class JobResult:
             "reason": self.reason,
             "error": self.error,
         }
+
+    def download(self, directory: Path | str, *, store: AudioStore) -> Path:
+        """Write this row's audio into `directory` (created if needed) as `<row id>.<format>`
+        and return its path; a file with the same size and MD5 there already is kept as it is.
+        ValueError when the row has no audio (not ok), ObjectMissing when the object is gone."""
+        from core.errors import ObjectMissing
+        from producer.results import MISSING, fetch, file_name
+
+        folder = Path(directory)
+        file_name(self)  # a row without audio is refused before any folder is made
+        folder.mkdir(parents=True, exist_ok=True)
+        fetched = fetch(store, self, folder)
+        if fetched.action == MISSING or fetched.path is None:
+            raise ObjectMissing(str(self.key))
+        return fetched.path
+
+    def presigned_url(self, seconds: int, *, store: AudioStore) -> str:
+        """A URL that GETs this row's audio without credentials for `seconds` (at most 7
+        days); ValueError when the row has no audio."""
+        from producer.results import presigned_url
+
+        return presigned_url(store, self, seconds)
 
     @classmethod
     def from_record(cls, row_id: str, job_id: str, record: Mapping[str, Any] | None) -> JobResult:
@@ -129,10 +156,50 @@ class SubmitReport:
 class BatchHandle:
     """A submitted batch: its progress and its results, read from Redis."""
 
-    def __init__(self, state: BatchState, report: SubmitReport | None = None) -> None:
+    def __init__(
+        self,
+        state: BatchState,
+        report: SubmitReport | None = None,
+        *,
+        settings: Settings | None = None,
+    ) -> None:
         self._state = state
         self.batch_id = state.batch_id
         self.report = report or SubmitReport()
+        self._settings = settings
+        self._store: AudioStore | None = None
+
+    @property
+    def store(self) -> AudioStore:
+        """The bucket of the batch's audio (built on first use), for JobResult.download and
+        JobResult.presigned_url."""
+        if self._store is None:
+            from core.storage import AudioStore  # boto3: only for what reaches the bucket
+
+            self._store = AudioStore.from_settings(self._settings or Settings.from_env())
+        return self._store
+
+    def exists(self) -> bool:
+        """False for a batch never submitted or expired."""
+        return self._state.exists()
+
+    def manifest(self) -> Iterator[dict[str, Any]]:
+        """The manifest: one line per row in submission order, every status, each with the
+        batch id (core/manifest.py)."""
+        from core.manifest import manifest_lines
+
+        return manifest_lines(self._state)
+
+    def upload_manifest(self) -> str:
+        """Write the manifest object (`batches/<id>/manifest.json`, core/manifest.py) now and
+        return its URI. Workers write it when the batch ends; this is for any other time."""
+        from core.manifest import manifest_document, manifest_key
+
+        key = manifest_key(self.batch_id)
+        self.store.put_document(
+            key, manifest_document(self._state), content_type="application/json"
+        )
+        return self.store.uri(key)
 
     def progress(self) -> Progress:
         """Rows of the batch: total, succeeded (incl. cached), failed, pending."""
@@ -208,7 +275,7 @@ class Producer:
     def batch(self, batch_id: str) -> BatchHandle:
         """A handle on an existing batch."""
         validate_row_id(batch_id, field="batch_id")
-        return BatchHandle(self._state(batch_id))
+        return BatchHandle(self._state(batch_id), settings=self.settings)
 
     def submit(
         self,
@@ -306,7 +373,7 @@ class Producer:
                 if on_enqueued is not None:
                     on_enqueued(done + len(chunk), total)
         state.touch()
-        return BatchHandle(state, report)
+        return BatchHandle(state, report, settings=self.settings)
 
     def _lease(self, state: BatchState) -> SendLease:
         return SendLease(state, lease_seconds=self.settings.send_lease_seconds)

@@ -28,6 +28,7 @@ from producer.cli import (
     batch_commands,
     completion_commands,
     doctor_commands,
+    results_commands,
     speaker_commands,
     stack_commands,
 )
@@ -72,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     batch_commands.register(sub)
+    results_commands.register(sub)
     stack_commands.register(sub)
     completion_commands.register(sub)
     speaker_commands.register(sub)

@@ -1,11 +1,10 @@
-"""Batch commands: submit, status, fetch, verify, failed, retry."""
+"""Batch commands: submit, status, verify, failed, retry (fetch and manifests: results_commands)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -44,7 +43,12 @@ def register(sub: Any) -> None:
         default=None,
         help="seconds to wait at most (then exit 1; the batch keeps running)",
     )
-    p.add_argument("--manifest", type=Path, help="write one JSON line per row with its result")
+    p.add_argument(
+        "--manifest",
+        type=Path,
+        help="write one JSON line per row with its result and the batch id (without --wait: "
+        "as things stand; `tts-batch manifest ID` writes it later)",
+    )
     add_output_options(p)
     p.set_defaults(run=_cmd_submit)
 
@@ -52,11 +56,6 @@ def register(sub: Any) -> None:
     p.add_argument("batch_id")
     add_output_options(p)
     p.set_defaults(run=_cmd_status)
-
-    p = sub.add_parser("fetch", help="download a batch's audio, named by row id")
-    p.add_argument("batch_id")
-    p.add_argument("--to", type=Path, required=True, help="folder to write into")
-    p.set_defaults(run=_cmd_fetch)
 
     p = sub.add_parser(
         "verify", help="check that every succeeded row's object is still in the bucket"
@@ -144,8 +143,20 @@ def _finish_submit(args: argparse.Namespace, handle: Any, document: dict[str, An
             print_json({**document, "finished": False, **_counts(handle.progress())})
         return EXIT_FAILED
     if args.manifest is not None:
-        _write_manifest(args.manifest, results, handle.report.rejected)
-        say(f"manifest: {args.manifest}", quiet=args.quiet)
+        from producer.cli.results_commands import write_manifest
+
+        write_manifest(args.manifest, handle, handle.report.rejected)
+        pending = sum(r.status == "pending" for r in results)
+        say(
+            f"manifest: {args.manifest}"
+            + (
+                f" ({pending} rows pending: `tts-batch manifest {handle.batch_id} --out "
+                f"{args.manifest}` writes it again later)"
+                if pending
+                else ""
+            ),
+            quiet=args.quiet,
+        )
     failed = [r for r in results if not r.ok]
     for result in failed[:20]:
         print(
@@ -220,15 +231,6 @@ def _failed_line(result: Any) -> dict[str, Any]:
     }
 
 
-def _write_manifest(path: Path, results: Sequence[Any], rejected: Sequence[InvalidJob]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as out:
-        for result in results:
-            out.write(json.dumps(result.to_dict(), ensure_ascii=False) + "\n")
-        for exc in rejected:
-            out.write(json.dumps(_rejected_line(exc), ensure_ascii=False) + "\n")
-
-
 def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     handle = _producer(settings).batch(args.batch_id)
     progress = handle.progress()
@@ -240,44 +242,6 @@ def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     else:
         print("  ".join(f"{k}={v}" for k, v in figures.items()))
     return EXIT_OK if progress.done and progress.failed == 0 else EXIT_FAILED
-
-
-def _cmd_fetch(args: argparse.Namespace, settings: Settings) -> int:
-    from core.errors import ObjectMissing
-    from core.storage import AudioStore
-
-    handle = _producer(settings).batch(args.batch_id)
-    store = AudioStore.from_settings(settings)
-    args.to.mkdir(parents=True, exist_ok=True)
-    written = no_audio = vanished = 0
-    for result in handle.results():
-        if not result.ok or result.key is None:
-            no_audio += 1
-            continue
-        extension = result.key.rsplit(".", 1)[-1]
-        # Row ids match [A-Za-z0-9._-]{1,128}: safe as file names (never '..' alone).
-        name = result.row_id if result.row_id not in (".", "..") else f"_{result.row_id}"
-        try:
-            store.download(result.key, args.to / f"{name}.{extension}")
-        except ObjectMissing:
-            # Recorded as done, gone from the bucket: report it and fetch the rest.
-            vanished += 1
-            line = {"id": result.row_id, "job_id": result.job_id, "status": result.status}
-            print(json.dumps({**line, "key": result.key, "error": "object missing"}))
-            continue
-        written += 1
-    print(
-        f"{written} files in {args.to}"
-        + (f"; {no_audio} rows have no audio" if no_audio else "")
-        + (
-            f"; {vanished} objects missing (tts-batch verify {args.batch_id} --repair)"
-            if vanished
-            else ""
-        )
-    )
-    if written == 0 and no_audio == 0 and vanished == 0:
-        raise InvalidBatch(f"no batch {args.batch_id!r} (expired or never submitted)")
-    return EXIT_FAILED if no_audio or vanished else EXIT_OK
 
 
 def _cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
