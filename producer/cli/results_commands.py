@@ -18,6 +18,7 @@ from typing import Any, TextIO
 from core.errors import InvalidBatch, InvalidJob
 from core.settings import Settings
 from producer.cli.errors import EXIT_FAILED, EXIT_OK
+from producer.cli.output import add_output_options
 
 
 def register(sub: Any) -> None:
@@ -31,7 +32,7 @@ def register(sub: Any) -> None:
         metavar="SECONDS",
         help="print a presigned URL per row, valid SECONDS (at most 604800), instead",
     )
-    p.add_argument("--json", action="store_true", help="machine output on stdout")
+    add_output_options(p)
     p.set_defaults(run=_cmd_fetch)
 
     p = sub.add_parser("manifest", help="write a batch's manifest now (one JSON line per row)")
@@ -132,16 +133,16 @@ def _cmd_fetch(args: argparse.Namespace, settings: Settings) -> int:
     handle = _handle(settings, args.batch_id)  # before any folder is made
     if args.presign is not None:
         return _presign(handle, args.presign, as_json=args.json)
-    return _download(handle, args.to, as_json=args.json)
+    return _download(handle, args.to, as_json=args.json, quiet=args.quiet)
 
 
-def _download(handle: Any, folder: Path, *, as_json: bool) -> int:
+def _download(handle: Any, folder: Path, *, as_json: bool, quiet: bool) -> int:
     from producer.cli.fetch_progress import FetchProgress
     from producer.results import DOWNLOADED, MISSING, NO_AUDIO, SKIPPED, fetch_all
 
     store = handle.store
     folder.mkdir(parents=True, exist_ok=True)
-    progress = FetchProgress(handle.progress().total, sys.stderr)
+    progress = FetchProgress(handle.progress().total, sys.stderr, quiet=quiet)
     rows: list[dict[str, Any]] = []
     for fetched in fetch_all(store, handle.results(), folder):
         result = fetched.result
@@ -164,7 +165,7 @@ def _download(handle: Any, folder: Path, *, as_json: bool) -> int:
             "rows": rows,
         }
         print(json.dumps(summary, ensure_ascii=False))
-    else:
+    elif not quiet:
         print(
             f"{present} files in {folder} ({counts[DOWNLOADED]} downloaded, "
             f"{counts[SKIPPED]} already present)"
