@@ -284,3 +284,12 @@ def test_docker_compose_refuses_missing_s3_keys(tmp_path: Path) -> None:
     )
     assert result.returncode != 0
     assert "set TTS_S3_ACCESS_KEY in compose/.env" in result.stderr
+
+
+def test_flower_runs_with_the_local_stacks_options() -> None:
+    from devstack.services import FLOWER_PURGE_OFFLINE_SECONDS, FLOWER_TASK_COLUMNS
+
+    command = load(COMPOSE / "docker-compose.yml")["services"]["flower"]["command"]
+    assert "--persistent=False" in command
+    assert f"--purge_offline_workers={FLOWER_PURGE_OFFLINE_SECONDS}" in command
+    assert f"--tasks_columns={FLOWER_TASK_COLUMNS}" in command
