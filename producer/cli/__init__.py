@@ -19,7 +19,7 @@ import sys
 from collections.abc import Sequence
 
 from devstack.credentials import local_settings
-from producer.cli import batch_commands, stack_commands
+from producer.cli import batch_admin, batch_commands, stack_commands
 from producer.cli.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, exit_code, one_line
 
 __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "exit_code", "main"]
@@ -51,4 +51,5 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     batch_commands.register(sub)
     stack_commands.register(sub)
+    batch_admin.register(sub)
     return parser

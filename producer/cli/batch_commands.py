@@ -9,7 +9,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from core.errors import InvalidBatch, InvalidJob
+from core.delivery import DEFAULT_PRIORITY, PRIORITIES
+from core.errors import ERROR_REASONS, INPUT_REASONS, InvalidBatch, InvalidJob
 from core.settings import Settings
 from producer.cli.errors import EXIT_FAILED, EXIT_OK
 
@@ -29,6 +30,12 @@ def register(sub: Any) -> None:
     p.add_argument("--wait", action="store_true", help="wait for the batch with a progress bar")
     p.add_argument("--timeout", type=float, default=None, help="seconds to wait at most")
     p.add_argument("--manifest", type=Path, help="write one JSON line per row with its result")
+    p.add_argument(
+        "--priority",
+        choices=tuple(PRIORITIES),
+        default=DEFAULT_PRIORITY,
+        help="queue order: workers take high before normal before low (default normal)",
+    )
     p.set_defaults(run=_cmd_submit)
 
     p = sub.add_parser("status", help="progress of a batch")
@@ -50,12 +57,26 @@ def register(sub: Any) -> None:
     )
     p.set_defaults(run=_cmd_verify)
 
-    p = sub.add_parser("failed", help="list a batch's failed jobs (dead letters)")
+    p = sub.add_parser(
+        "failed", help="list a batch's failed jobs (dead letters) and rows rejected at submit"
+    )
     p.add_argument("batch_id")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=_cmd_failed)
 
-    p = sub.add_parser("retry", help="enqueue a batch's failed jobs again")
+    p = sub.add_parser(
+        "retry",
+        help="enqueue a batch's failed jobs again (bad-input reasons only with --reason)",
+    )
     p.add_argument("batch_id")
+    p.add_argument(
+        "--reason",
+        action="append",
+        choices=ERROR_REASONS,
+        metavar="REASON",
+        help="retry only jobs that failed for REASON (repeatable); names bad-input reasons "
+        f"({', '.join(sorted(INPUT_REASONS))}), which are skipped otherwise",
+    )
     p.set_defaults(run=_cmd_retry)
 
 
@@ -72,6 +93,7 @@ def _cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
         batch_id=args.batch_id,
         skip_invalid=args.skip_invalid,
         on_enqueued=_enqueue_bar(sys.stderr),
+        priority=args.priority,
     )
     report = handle.report
     print(
@@ -173,6 +195,8 @@ def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         "cached": progress.cached,
         "failed": progress.failed,
         "pending": progress.pending,
+        "cancelled": progress.cancelled,
+        "rejected": progress.rejected,
     }
     if args.json:
         print(json.dumps(figures))
@@ -244,25 +268,46 @@ def _cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
 
 def _cmd_failed(args: argparse.Namespace, settings: Settings) -> int:
     handle = _producer(settings).batch(args.batch_id)
-    failed = handle.failed()
-    for result in failed:
+    if not handle.exists():
+        raise InvalidBatch(f"no batch {args.batch_id!r} (expired or never submitted)")
+    failed = [
+        {
+            "id": result.row_id,
+            "job_id": result.job_id,
+            "status": "failed",
+            "reason": result.reason,
+            "attempts": result.attempts,
+            "error": result.error,
+        }
+        for result in handle.failed()
+    ]
+    # Rows refused at submission (--skip-invalid): named by their line, never a job.
+    rejected = handle.rejected()
+    if args.json:
         print(
             json.dumps(
-                {
-                    "id": result.row_id,
-                    "job_id": result.job_id,
-                    "reason": result.reason,
-                    "attempts": result.attempts,
-                    "error": result.error,
-                },
+                {"batch_id": args.batch_id, "failed": failed, "rejected": rejected},
                 ensure_ascii=False,
             )
         )
-    print(f"{len(failed)} failed rows", file=sys.stderr)
-    return EXIT_FAILED if failed else EXIT_OK
+    else:
+        for line in [*failed, *rejected]:
+            print(json.dumps(line, ensure_ascii=False))
+        print(f"{len(failed)} failed rows, {len(rejected)} rejected rows", file=sys.stderr)
+    return EXIT_FAILED if failed or rejected else EXIT_OK
 
 
 def _cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
-    count = _producer(settings).retry_failed(args.batch_id)
-    print(f"{count} failed jobs enqueued again")
+    report = _producer(settings).retry(args.batch_id, reasons=args.reason)
+    print(f"{report.jobs_sent} failed jobs enqueued again")
+    if report.skipped:
+        why = ", ".join(f"{reason}: {n}" for reason, n in sorted(report.skipped.items()))
+        permanent = sorted(r for r in report.skipped if r in INPUT_REASONS)
+        hint = (
+            f" (bad input fails again as given; fix the rows, or name the reason: "
+            f"--reason {permanent[0]})"
+            if permanent and args.reason is None
+            else ""
+        )
+        print(f"skipped {sum(report.skipped.values())} failed jobs ({why}){hint}", file=sys.stderr)
     return EXIT_OK
