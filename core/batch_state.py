@@ -404,7 +404,8 @@ class BatchState:
             jobs, rows = jobs + int(done[0]), rows + int(done[1])
             pending.clear()
 
-        for job_id in self._r.hscan_iter(k["weight"], count=chunk, no_values=True):
+        # (HSCAN's NOVALUES needs Redis 7.4: the weights come along and are ignored.)
+        for job_id, _ in self._r.hscan_iter(k["weight"], count=chunk):
             pending.append(_text(job_id))
             if len(pending) >= chunk:
                 flush()
