@@ -25,7 +25,8 @@ Keys (all expire `batch_ttl_seconds` after the last write):
   tts:inflight-batches   set    batches that may have jobs in flight (the reconciler's index)
   tts:batches            zset   batch id -> created_at: the list of batches (`tts-batch
                                 batches`); members whose meta expired are pruned as it is read
-                                and as batches are created
+                                and as batches are created; the set itself expires a TTL after
+                                the last write to any batch
 
 A batch is cancelled by `cancelled_at` in its meta: jobs without an outcome and not in flight
 are recorded `cancelled` at once, and a worker that receives a job of a cancelled batch records
@@ -69,6 +70,16 @@ BATCH_INDEX = "tts:batches"
 # Index members older than the TTL checked per prune: bounds a prune's work, not the index (each
 # listing and creation prunes again).
 _PRUNE_CHUNK = 500
+# KEYS: the batch index. ARGV: ttl. The index lives at least `ttl` past the last write to any
+# batch (each batch lives its TTL past its own last write): a longer TTL is never shortened, so
+# the index outlives every batch it lists and expires once they all have.
+_KEEP_INDEX = """
+local left = redis.call('TTL', KEYS[1])
+if left == -1 or (left >= 0 and left < tonumber(ARGV[1])) then
+  redis.call('EXPIRE', KEYS[1], ARGV[1])
+end
+return 1
+"""
 # A job's outcome when its batch was cancelled before it started (not a failure reason).
 CANCELLED = "cancelled"
 
@@ -379,6 +390,7 @@ class BatchState:
         self._r.hsetnx(self._keys["meta"], "created_at", repr(created))
         self._r.hsetnx(self._keys["meta"], "total", 0)
         self._r.zadd(BATCH_INDEX, {self.batch_id: created}, nx=True)
+        self._r.eval(_KEEP_INDEX, 1, BATCH_INDEX, self._ttl)
         prune_index(self._r, ttl_seconds=self._ttl)
 
     def meta(self) -> dict[str, str]:
@@ -580,6 +592,7 @@ class BatchState:
         pipe = self._r.pipeline(transaction=False)
         for key in self._keys.values():
             pipe.expire(key, self._ttl)
+        pipe.eval(_KEEP_INDEX, 1, BATCH_INDEX, self._ttl)
         pipe.execute()
 
     def progress(self) -> Progress:

@@ -74,6 +74,12 @@ def message_priority(name: str) -> int:
         raise ConfigError(f"priority {name!r} is not one of {choices}") from None
 
 
+def queue_key(priority: str = DEFAULT_PRIORITY, queue: str = QUEUE) -> str:
+    """The Redis list that holds `queue`'s waiting messages of `priority` (kombu's naming)."""
+    level = message_priority(priority)
+    return f"{queue}{PRIORITY_SEP}{level}" if level else queue
+
+
 def effective_engine_batch(settings: Settings) -> int:
     """Jobs one worker process holds and runs at once: TTS_ENGINE_BATCH, or the engine's
     default when it is 0."""

@@ -60,7 +60,8 @@ _MAX_REPORTED_ERRORS = 50
 
 @dataclass(frozen=True)
 class JobResult:
-    """The outcome of one row. `status` is succeeded, cached, failed or pending."""
+    """The outcome of one row. `status` is succeeded, cached, failed, cancelled (its batch
+    was cancelled before the job started) or pending."""
 
     row_id: str
     job_id: str

@@ -23,12 +23,11 @@ import pytest
 import redis
 
 from core.batch_state import CLAIMED, DONE, IN_FLIGHT, RETRIED, TAKEN_OVER, BatchState
-from core.delivery import QUEUE
 from core.settings import Settings
 from core.storage import AudioStore
 from producer.api import Producer
 from tests.support.enqueue_race import rows
-from tests.support.helpers import pushgateway_samples, queue_depth, wait_until
+from tests.support.helpers import pushgateway_samples, queue_depth, queued_raw, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -50,7 +49,7 @@ def sent_values(settings: Settings, batch_id: str) -> dict[str, str]:
 def queued_messages(settings: Settings) -> list[dict[str, Any]]:
     """The job messages waiting in the queue, with the Celery task id of each."""
     out = []
-    for raw in client(settings).lrange(QUEUE, 0, -1):
+    for raw in queued_raw(client(settings)):
         envelope = json.loads(raw)
         args, _, _ = json.loads(base64.b64decode(envelope["body"]))
         out.append({"task_id": envelope["headers"]["id"], **args[0]})
@@ -160,8 +159,8 @@ class BrokenSender:
         self._inner = inner
         self._good = good
 
-    def send(self, messages: list[dict[str, Any]]) -> None:
-        self._inner.send(messages[: self._good])
+    def send(self, messages: list[dict[str, Any]], **options: Any) -> None:
+        self._inner.send(messages[: self._good], **options)
         raise ConnectionError("broker gone")
 
 

@@ -32,7 +32,7 @@ from core.settings import Settings
 from core.storage import AudioStore
 from producer.api import Producer
 from producer.sender import client_app
-from tests.support.helpers import pushgateway_samples, queue_depth, run_cli, wait_until
+from tests.support.helpers import pushgateway_samples, queue_depth, queued_raw, run_cli, wait_until
 from tests.support.hostile_corpus import (
     ACCEPTED,
     ACCEPTED_MESSAGE_ONLY,
@@ -143,7 +143,7 @@ def test_producer_accepts_odd_but_valid_files(
 def queued_messages(settings: Settings) -> list[dict[str, Any]]:
     r = redis.Redis.from_url(settings.broker_url)
     out = []
-    for raw in r.lrange(QUEUE, 0, -1):
+    for raw in queued_raw(r):
         body = base64.b64decode(json.loads(raw)["body"])
         out.append(json.loads(body)[0][0])
     return out

@@ -189,6 +189,8 @@ def test_cli_submit_wait_manifest_status_fetch(
         "cached": 0,
         "failed": 0,
         "pending": 0,
+        "cancelled": 0,
+        "rejected": 0,
     }
     out = tmp_path / "audio"
     fetched = run_cli(settings, "fetch", "clibatch", "--to", str(out))

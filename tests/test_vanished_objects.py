@@ -23,6 +23,7 @@ import pytest
 import redis
 
 from core.batch_state import BatchState
+from core.delivery import queue_key
 from core.errors import InvalidBatch
 from core.settings import Settings
 from core.storage import AudioStore, StoredObject
@@ -210,7 +211,7 @@ def test_repair_enqueues_from_the_kept_message_and_leaves_a_record_without_one(
     assert sent_j1 is not None and sent_j2 is None
     assert state.result("j1") is None and (state.result("j2") or {})["status"] == "succeeded"
     assert queue_depth(state._r) == queued + 1
-    body = json.loads(state._r.lindex("tts", 0) or b"{}")
+    body = json.loads(state._r.lindex(queue_key(), 0) or b"{}")
     assert body["headers"]["id"] == "j1"
     assert _counts(state) == {"succeeded": 1}
     with pytest.raises(InvalidBatch, match="no batch"):

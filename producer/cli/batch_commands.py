@@ -202,7 +202,9 @@ def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps(figures))
     else:
         print("  ".join(f"{k}={v}" for k, v in figures.items()))
-    return EXIT_OK if progress.done and progress.failed == 0 else EXIT_FAILED
+    # Exit 0 only when every row has its audio: none failed, cancelled or rejected.
+    unfinished = progress.failed + progress.cancelled + progress.rejected
+    return EXIT_OK if progress.done and unfinished == 0 else EXIT_FAILED
 
 
 def _cmd_fetch(args: argparse.Namespace, settings: Settings) -> int:

@@ -96,3 +96,10 @@ def queue_depth(client: Any) -> int:
     for key in queue_keys():
         pipe.llen(key)
     return sum(int(n) for n in pipe.execute())
+
+
+def queued_raw(client: Any) -> list[bytes]:
+    """The raw messages waiting in the job queue, every priority's list (served first first)."""
+    from core.delivery import queue_keys
+
+    return [raw for key in queue_keys() for raw in client.lrange(key, 0, -1)]
