@@ -396,6 +396,10 @@ class BatchState:
     def meta(self) -> dict[str, str]:
         return {_text(k): _text(v) for k, v in self._r.hgetall(self._keys["meta"]).items()}
 
+    def set_priority(self, priority: str) -> None:
+        """Remember the batch's priority (its last submission's): retries are sent at it."""
+        self._r.hset(self._keys["meta"], "priority", priority)
+
     def cancelled(self) -> bool:
         return bool(self._r.hexists(self._keys["meta"], "cancelled_at"))
 

@@ -353,6 +353,7 @@ class Producer:
         if state.cancelled():
             raise InvalidBatch(f"batch {batch_id!r} was cancelled: submit under a new batch id")
         state.create()
+        state.set_priority(priority)
         state.add_rejected([_rejected_entry(line, exc) for line, exc in bad_lines.items()])
         chunk: list[tuple[str, JobSpec]] = []
         total, done = report.rows - report.rejected_count, 0
@@ -574,6 +575,8 @@ class Producer:
         retry or resubmission sends each once; returns the job ids sent."""
         job_ids = list(stored)
         sent: set[str] = set()
+        # At the batch's own priority (a batch recorded before priorities existed: normal).
+        priority = state.meta().get("priority", DEFAULT_PRIORITY)
         with self._lease(state) as lease:
             for start in range(0, len(job_ids), _CHUNK):
                 chunk = job_ids[start : start + _CHUNK]
@@ -586,7 +589,7 @@ class Producer:
                     for job_id, code in zip(chunk, codes, strict=True)
                     if code not in (DONE, IN_FLIGHT)
                 ]
-                self._send_claimed(state, messages, lease=lease)
+                self._send_claimed(state, messages, lease=lease, priority=priority)
                 sent.update(str(m["job_id"]) for m in messages)
         return sent
 

@@ -4,6 +4,7 @@ Python API), real Redis, SeaweedFS and Celery worker processes of the fake engin
 
 from __future__ import annotations
 
+import base64
 import json
 import uuid
 from dataclasses import replace
@@ -14,6 +15,7 @@ import pytest
 import redis
 
 from core.batch_state import BATCH_INDEX, BatchState
+from core.delivery import queue_key
 from core.settings import Settings
 from producer.api import Producer
 from tests.support.helpers import queue_depth, run_cli, wait_until
@@ -262,3 +264,22 @@ def test_retry_skips_bad_input_unless_named_and_counts_attempts(
     bad = run_cli(producer_settings, "retry", "rb", "--reason", "no_such_reason")
     assert bad.returncode == 2
     no_traceback(bad)
+
+
+def test_a_retry_is_sent_at_its_batchs_priority(settings: Settings, tmp_path: Path) -> None:
+    # No worker: the retried job stays in the queue, on the list of its priority.
+    jobs = write_csv(tmp_path / "low.csv", [("a", f"Low {uuid.uuid4().hex[:8]}.", SPEAKER)])
+    sent = run_cli(settings, "submit", str(jobs), "--batch-id", "lowb", "--priority", "low")
+    assert sent.returncode == 0, sent.stderr
+    r = redis.Redis.from_url(settings.broker_url)
+    assert (r.llen(queue_key("low")), queue_depth(r)) == (1, 1)
+    raw = r.rpop(queue_key("low"))
+    assert isinstance(raw, bytes)
+    message = json.loads(base64.b64decode(json.loads(raw)["body"]))[0][0]
+    # The job fails as a worker records a timeout (its message kept for `retry`).
+    state = BatchState(r, "lowb", ttl_seconds=3600)
+    failure = {"job_id": message["job_id"], "status": "failed", "reason": "timeout"}
+    state.record(message["job_id"], {**failure, "attempts": 1, "message": message})
+    retried = run_cli(settings, "retry", "lowb")
+    assert retried.returncode == 0 and retried.stdout.startswith("1 "), retried.stderr
+    assert (r.llen(queue_key("low")), queue_depth(r)) == (1, 1)
