@@ -4,6 +4,10 @@
     batch = producer.submit_batch([{"id": "a1", "text": "...", "speaker": "英文女"}])
     for result in batch.wait(timeout=600):
         print(result.row_id, result.status, result.uri)
+    producer.submit_batch(rows, priority="high")  # taken before normal and low jobs
+    producer.batches(limit=5)                     # newest first, with their counts
+    producer.cancel(batch.batch_id)               # jobs not started never run
+    producer.retry(batch.batch_id)                # failures a retry can fix, run again
 
 Imports no torch and no engine.
 """

@@ -192,6 +192,7 @@ def test_an_urgent_job_overtakes_a_nights_bulk_work(
     )
     sent = run_cli(settings, "submit", str(bulk), "--batch-id", "bulk", "--priority", "low")
     assert sent.returncode == 0, sent.stderr
+    assert "60 jobs enqueued, priority low" in sent.stderr
     urgent = Producer(settings).submit(
         f"Urgent {tag}: platform change.", speaker=SPEAKER, job_id="urgent", priority="high"
     )

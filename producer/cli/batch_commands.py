@@ -105,7 +105,8 @@ def _cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
         )
         + (f", {report.jobs_already_done} already done" if report.jobs_already_done else "")
         + (f", {report.jobs_in_flight} already queued" if report.jobs_in_flight else "")
-        + (f", {report.rejected_count} rows rejected" if report.rejected_count else ""),
+        + (f", {report.rejected_count} rows rejected" if report.rejected_count else "")
+        + (f", priority {args.priority}" if args.priority != DEFAULT_PRIORITY else ""),
         file=sys.stderr,
     )
     for exc in report.rejected:
