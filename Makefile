@@ -21,7 +21,7 @@ install-system:
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[worker,stack,dashboard,dev]'
+	$(PY) -m pip install -q -e '.[worker,stack,dashboard,completion,dev]'
 	touch $@
 
 install: install-system $(VENV)/.installed

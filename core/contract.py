@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.errors import InvalidJob
+from core.speakers import SPEAKERS, aliases_for, canonical, describe
 
 SCHEMA_VERSION = 1
 TASK_NAME = "tts.synthesize"
@@ -106,10 +107,11 @@ def validate_spec(
             field="text",
             row=row,
         )
-    speaker = fields.get("speaker")
+    # An ASCII alias (en-female) becomes its id (英文女) here, on both sides: one job, one key.
+    speaker = canonical(fields.get("speaker"))
     if not isinstance(speaker, str) or speaker not in speakers:
         raise InvalidJob(
-            f"unknown speaker {_short(speaker)}; known: {', '.join(sorted(speakers))}",
+            f"unknown speaker {_short(fields.get('speaker'))}; known: {_known(speakers)}",
             reason="unknown_speaker",
             field="speaker",
             row=row,
@@ -137,6 +139,19 @@ def validate_spec(
     return JobSpec(text=normalized, speaker=speaker, lang=lang, fmt=str(fmt).lower())
 
 
+def _known(speakers: frozenset[str] | set[str] | tuple[str, ...]) -> str:
+    aliases = {speaker_id: alias for alias, speaker_id in aliases_for(speakers).items()}
+    return ", ".join(
+        f"{aliases[s]} ({s})" if s in aliases else s for s in sorted(speakers, key=_speaker_order)
+    )
+
+
+def _speaker_order(speaker_id: str) -> tuple[int, str]:
+    # The table's order first (zh, ja, yue, en, ko), then any other configured id by name.
+    known = describe(speaker_id)
+    return (SPEAKERS.index(known), "") if known else (len(SPEAKERS), speaker_id)
+
+
 def validate_row_id(value: Any, *, row: int | str | None = None, field: str = "id") -> str:
     if not isinstance(value, str) or not ROW_ID_PATTERN.fullmatch(value):
         raise InvalidJob(
@@ -161,13 +176,20 @@ def new_send_id() -> str:
 
 
 def build_message(
-    *, job_id: str, batch_id: str, spec: JobSpec, enqueued_at: float
+    *,
+    job_id: str,
+    batch_id: str,
+    spec: JobSpec,
+    enqueued_at: float,
+    row_id: str | None = None,
 ) -> dict[str, Any]:
-    """The task's single JSON argument, with a fresh send id."""
+    """The task's single JSON argument, with a fresh send id. `row_id` (the first row asking
+    for this job) only labels the task for people (task_label); workers do not need it."""
     return {
         "v": SCHEMA_VERSION,
         "job_id": job_id,
         "batch_id": batch_id,
+        "row_id": row_id,
         "text": spec.text,
         "speaker": spec.speaker,
         "lang": spec.lang,
@@ -180,6 +202,39 @@ def build_message(
 def resend(message: dict[str, Any], *, enqueued_at: float) -> dict[str, Any]:
     """A stored message made ready to be sent again (`tts-batch retry`): a new send id."""
     return {**message, "enqueued_at": enqueued_at, "send_id": new_send_id()}
+
+
+# How much of a job's text its task label shows.
+_LABEL_TEXT_CHARS = 40
+
+
+def task_label(message: Any) -> str:
+    """The task's `argsrepr`: what Flower and Celery's events show instead of the message
+    (batch, row, speaker, the text's start), so an operator can tell batches apart. Short and
+    one line whatever the message holds: ids only when they are valid ids, the text normalized
+    (no control characters or newlines) and cut; nothing else of the message (no other field
+    could carry a secret into the events)."""
+    if not isinstance(message, Mapping):
+        return f"<{_type_name(message)}, not a job message>"
+    parts = []
+    for key, name in (("batch_id", "batch"), ("row_id", "row")):
+        value = message.get(key)
+        if isinstance(value, str) and ROW_ID_PATTERN.fullmatch(value):
+            parts.append(f"{name}={value}")
+    speaker = message.get("speaker")
+    if isinstance(speaker, str):
+        known = describe(canonical(speaker))
+        parts.append(f"speaker={known.alias if known else _preview(speaker, 20)}")
+    text = message.get("text")
+    if isinstance(text, str):
+        parts.append(f"text={_preview(text, _LABEL_TEXT_CHARS)!r}")
+    return " ".join(parts)
+
+
+def _preview(text: str, limit: int) -> str:
+    # Normalize a bounded slice only: a hostile message may carry megabytes of text.
+    shown = normalize_text(text[: limit * 4])
+    return shown if len(shown) <= limit else shown[: limit - 1] + "…"
 
 
 @dataclass(frozen=True)

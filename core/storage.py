@@ -39,6 +39,9 @@ class StoredObject:
     key: str
     size: int
     metadata: dict[str, str]
+    # The server's ETag without quotes: the MD5 hex of the bytes for an object written in one
+    # PUT (`put` never uses multipart); a multipart ETag has a "-<parts>" suffix instead.
+    etag: str = ""
 
 
 class AudioStore:
@@ -111,7 +114,10 @@ class AudioStore:
             raise StorageError(f"S3 endpoint unreachable: {exc}") from exc
         # Servers differ in the case of metadata keys: normalize to lower case.
         metadata = {k.lower(): v for k, v in response.get("Metadata", {}).items()}
-        return StoredObject(key=key, size=int(response["ContentLength"]), metadata=metadata)
+        etag = str(response.get("ETag", "")).strip('"')
+        return StoredObject(
+            key=key, size=int(response["ContentLength"]), metadata=metadata, etag=etag
+        )
 
     def put(self, key: str, data: bytes, *, fmt: str, metadata: dict[str, str]) -> bool:
         """Upload one object in a single PUT, unless the key already holds one: readers see all
@@ -164,6 +170,29 @@ class AudioStore:
         tmp = path.with_name(path.name + ".part")
         tmp.write_bytes(self.get(key))
         tmp.replace(path)
+
+    def presigned_url(self, key: str, *, seconds: int) -> str:
+        """A GET URL for the object that works without credentials for `seconds` (signed
+        locally: no request is made, and a missing object answers 404 only when fetched)."""
+        try:
+            url: str = self._client.generate_presigned_url(
+                "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=seconds
+            )
+        except BotoCoreError as exc:
+            raise StorageError(f"cannot sign a URL for {key}: {exc}") from exc
+        return url
+
+    def put_document(self, key: str, data: bytes, *, content_type: str) -> None:
+        """Write (or replace) a small document that is not audio, e.g. a batch's manifest."""
+        try:
+            self._client.put_object(
+                Bucket=self.bucket, Key=key, Body=data, ContentType=content_type
+            )
+        except ClientError as exc:
+            _raise_if_auth(exc, f"upload of {key}")
+            raise StorageError(f"upload of {key} failed: {exc}") from exc
+        except BotoCoreError as exc:
+            raise StorageError(f"upload of {key} failed: {exc}") from exc
 
 
 def _status(exc: ClientError) -> int:

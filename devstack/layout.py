@@ -6,8 +6,9 @@ their own, next to a developer's stack on the default ports.
 
 from __future__ import annotations
 
+import json
 import random
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from core.settings import LOCAL_PORTS
@@ -19,6 +20,9 @@ from devstack.procs import ProcDirs, first_busy_port
 # They sit next to the HTTP ports rather than at + 10000, where other stacks on this machine
 # put their services (a stack on standard ports + 20000 took 28333 = 18333 + 10000).
 ADMIN_GRPC_OFFSET = 10000
+# A state folder may name its own ports (StackPorts fields as JSON): `tts-batch up` then runs a
+# second stack beside the developer's one, as the tests of the CLI do.
+PORTS_FILE = "ports.json"
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,26 @@ class StackPorts:
             if first_busy_port(host, ports.every()) is None:
                 return ports
         raise RuntimeError(f"no free port range found on {host} after {attempts} tries")
+
+    @classmethod
+    def saved(cls, state_dir: Path) -> StackPorts | None:
+        """The ports `state_dir/ports.json` names, or None when there is no such file."""
+        path = state_dir / PORTS_FILE
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{path}: unreadable ports file ({exc})") from exc
+        names = [f.name for f in fields(cls)]
+        if not isinstance(data, dict) or sorted(data) != sorted(names):
+            raise ValueError(f"{path}: must hold exactly the ports {', '.join(names)}")
+        return cls(**{name: int(data[name]) for name in names})
+
+    def save(self, state_dir: Path) -> None:
+        """Write these ports as `state_dir/ports.json` (see `saved`)."""
+        state_dir.mkdir(parents=True, exist_ok=True)
+        (state_dir / PORTS_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")
 
     def weed_http(self) -> dict[str, int]:
         """`weed mini`'s HTTP ports by component (the names of its -X.port flags)."""

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.delivery import CELERY_APP, QUEUE, worker_pool
+from core.delivery import CELERY_APP, QUEUE, celery_options, worker_pool
 from core.errors import StackError
 from core.settings import Settings
 from devstack.credentials import StackCredentials, write_secret
@@ -373,6 +373,12 @@ def _exporter(ctx: ServiceContext) -> Service:
     )
 
 
+# Flower's worker list drops a node this long after its last heartbeat (Celery sends one every
+# 2 s), and its task list shows these columns.
+FLOWER_PURGE_OFFLINE_SECONDS = 30
+FLOWER_TASK_COLUMNS = "args,state,worker,received,runtime,retries,exception,uuid"
+
+
 def _flower(ctx: ServiceContext) -> Service:
     host, port = ctx.layout.host, ctx.layout.ports.flower
     url = f"http://{host}:{port}"
@@ -388,6 +394,15 @@ def _flower(ctx: ServiceContext) -> Service:
                 "flower",
                 f"--address={host}",
                 f"--port={port}",
+                # Nothing saved between runs: a restarted Flower shows the tasks it sees anew
+                # (the batch state in Redis is the record, not Flower's database).
+                "--persistent=False",
+                # A stopped worker leaves the list 30 s after its last heartbeat.
+                f"--purge_offline_workers={FLOWER_PURGE_OFFLINE_SECONDS}",
+                # args first: the task label (batch, row, speaker, text start; see
+                # core.contract.task_label) is what tells batches apart; the name is always
+                # tts.synthesize.
+                f"--tasks_columns={FLOWER_TASK_COLUMNS}",
             ),
             env=env,
             identity=("celery", "flower", f"--port={port}"),
@@ -399,12 +414,19 @@ def _flower(ctx: ServiceContext) -> Service:
     )
 
 
+def worker_node_name(name: str) -> str:
+    """The Celery node name of stack worker `name`: `name@HOST`, %h expanded here (as Celery
+    would) so that `ps`, `recover` and Flower show, and readiness pings, the real name."""
+    return f"{name}@{socket.gethostname()}"
+
+
 def _worker(name: str, ctx: ServiceContext) -> Service:
-    hostname = f"{name}@%h"
-    log = ctx.layout.dirs.log_file(name)
+    hostname = worker_node_name(name)
     # Prefork with `concurrency` processes, or one batched process with B task threads: the
     # node's own settings decide (core.delivery.worker_pool), as celeryconfig.py does.
-    pool = worker_pool(Settings.from_env(ctx.env), processes=ctx.concurrency)
+    # The node's own settings: its broker may not be the stack's Redis (a TLS one in tests).
+    settings = Settings.from_env(ctx.env)
+    pool = worker_pool(settings, processes=ctx.concurrency)
     return Service(
         spec=ProcSpec(
             name=name,
@@ -426,25 +448,41 @@ def _worker(name: str, ctx: ServiceContext) -> Service:
                 "INFO",
             ),
             env=ctx.env,
-            identity=("celery", " worker ", f"--hostname {hostname}"),
+            # `name@` rather than the full node name: a worker started as `name@%h` by an older
+            # version is still recognised (Celery expands %h to the same host name).
+            identity=("celery", " worker ", f"--hostname {name}@"),
         ),
         ports=(),
         url=hostname,
-        # Celery logs "NAME@HOST ready." once consuming; reading our own log needs no broker
-        # round trip and cannot be fooled by another worker of the same name.
-        ready=lambda: _logged_since_start(log, name, " ready."),
+        # The node itself answers: ready once it consumes, however long its log has grown.
+        ready=lambda: node_answers_ping(settings, hostname),
         grace=30.0,
         missing=_missing(ctx, ctx.app),
     )
 
 
-def _logged_since_start(log: Path, name: str, needle: str, *, window: int = 1 << 20) -> bool:
-    """True if `needle` appears in `log` after the last start marker `spawn` wrote for `name`."""
+def node_answers_ping(settings: Settings, node: str, *, timeout: float = 1.0) -> bool:
+    """True if Celery node `node` answers a ping sent through `settings`' broker (and its TLS
+    options) within `timeout`."""
+    from celery import Celery
+    from kombu.exceptions import KombuError
+    from redis.exceptions import RedisError
+
+    app = Celery("tts_stack_probe", set_as_current=False)
+    app.conf.update(**celery_options(settings))
+    # One attempt: the caller polls, and a Redis that is down must not stall a probe.
+    app.conf.broker_connection_retry = False
+    app.conf.broker_connection_max_retries = 0
+    app.conf.broker_transport_options = {
+        **app.conf.broker_transport_options,
+        "socket_connect_timeout": timeout,
+        "max_retries": 0,
+    }
     try:
-        with log.open("rb") as fh:
-            fh.seek(max(0, log.stat().st_size - window))
-            text = fh.read().decode(errors="replace")
-    except OSError:
+        with app.connection_for_write() as conn:
+            replies = app.control.ping(destination=[node], timeout=timeout, connection=conn)
+    except (OSError, KombuError, RedisError):
         return False
-    marker = text.rfind(f" starting {name}\n")
-    return marker >= 0 and needle in text[marker:]
+    finally:
+        app.close()
+    return any(node in reply for reply in replies or [])

@@ -118,15 +118,21 @@ class LocalStack:
         redis_password: bool = False,
     ) -> LocalStack:
         """The stack `tts-batch up` manages: `settings.stack_dir`, with the Redis, S3 and
-        Pushgateway ports taken from the settings' URLs (the other ports: StackPorts.local()).
+        Pushgateway ports taken from the settings' URLs (the other ports: the folder's
+        ports.json when it has one, else StackPorts.local()).
         """
+        state_dir = Path(settings.stack_dir)
+        try:
+            base = StackPorts.saved(state_dir) or StackPorts.local()
+        except ValueError as exc:
+            raise StackError(str(exc)) from exc
         ports = replace(
-            StackPorts.local(),
-            redis=_port_of(settings.broker_url, StackPorts.local().redis),
-            s3=_port_of(settings.s3_endpoint, StackPorts.local().s3),
-            pushgateway=_port_of(settings.pushgateway_url, StackPorts.local().pushgateway),
+            base,
+            redis=_port_of(settings.broker_url, base.redis),
+            s3=_port_of(settings.s3_endpoint, base.s3),
+            pushgateway=_port_of(settings.pushgateway_url, base.pushgateway),
         )
-        layout = StackLayout(Path(settings.stack_dir), ports=ports)
+        layout = StackLayout(state_dir, ports=ports)
         return cls(
             layout,
             app=app,

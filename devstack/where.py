@@ -8,13 +8,18 @@ from pathlib import Path
 
 from core.settings import LOCAL_PORTS, Settings
 from devstack.credentials import credentials_path, local_settings, read_credentials
+from devstack.prometheus_ui import page_links
+
+LOCAL_PROMETHEUS = f"http://127.0.0.1:{LOCAL_PORTS['prometheus']}"
 
 
-def describe(batch_id: str, settings: Settings) -> str:
+def describe(batch_id: str, settings: Settings, *, prometheus_url: str = LOCAL_PROMETHEUS) -> str:
     out = Path("out").resolve()
     audio = sorted((out / batch_id).glob("*"))
     creds = read_credentials(settings.stack_dir)
     flower_user = creds.get("flower_user", "?")
+    # Debian's Prometheus serves its pages under /classic/: ask it rather than assume.
+    prom = page_links(prometheus_url)
     lines = [
         "",
         f"Audio ({len(audio)} files): {out / batch_id}/",
@@ -24,7 +29,8 @@ def describe(batch_id: str, settings: Settings) -> str:
         f"Flower:     http://127.0.0.1:{LOCAL_PORTS['flower']}/  (user {flower_user}, password "
         f"in {credentials_path(settings.stack_dir)})",
         f"Pushgateway: {settings.pushgateway_url}/",
-        f"Prometheus: http://127.0.0.1:{LOCAL_PORTS['prometheus']}/graph?g0.expr=tts_tasks_total",
+        f"Prometheus: {prom['graph']}",
+        f"Alerts:     {prom['alerts']}  (targets: {prom['targets']})",
         "Stop the stack with: make down",
     ]
     return "\n".join(lines)

@@ -1,13 +1,20 @@
 """The producer API: validate rows, record the batch, enqueue one job per distinct request.
 
     producer = Producer.from_env()
-    batch = producer.submit_batch([{"id": "a1", "text": "...", "speaker": "英文女"}])
+    batch = producer.submit_batch([{"id": "a1", "text": "...", "speaker": "en-female"}])
     for result in batch.wait(timeout=600):
         print(result.row_id, result.status, result.uri)
+        if result.ok:  # succeeded or cached: it has audio
+            result.download("out/", store=batch.store)  # out/a1.wav; kept if already there
+            print(result.presigned_url(3600, store=batch.store))
     producer.submit_batch(rows, priority="high")  # taken before normal and low jobs
     producer.batches(limit=5)                     # newest first, with their counts
     producer.cancel(batch.batch_id)               # jobs not started never run
     producer.retry(batch.batch_id)                # failures a retry can fix, run again
+
+A speaker is named by its id (英文女) or its ASCII alias (en-female; core/speakers.py): the
+same job either way. `batch.report.warnings` names rows whose `lang` disagrees with their
+speaker's language (enqueued all the same).
 
 Imports no torch and no engine.
 """
@@ -46,6 +53,7 @@ from core.delivery import DEFAULT_PRIORITY, message_priority
 from core.errors import INPUT_REASONS, InvalidBatch, InvalidJob
 from core.redis_conn import connect
 from core.settings import Settings
+from core.speakers import language_mismatch
 from producer.rows import Row, read_rows
 from producer.send_lease import SendLease
 from producer.sender import JobSender, client_app
@@ -60,12 +68,15 @@ EnqueueProgress = Callable[[int, int], None]
 _CHUNK = 500
 # How many row errors an InvalidBatch keeps (the first ones; the count is always exact).
 _MAX_REPORTED_ERRORS = 50
+# How many warnings a SubmitReport keeps (the first ones; the count is always exact).
+_MAX_REPORTED_WARNINGS = 20
 
 
 @dataclass(frozen=True)
 class JobResult:
     """The outcome of one row. `status` is succeeded, cached, failed, cancelled (its batch
-    was cancelled before the job started) or pending."""
+    was cancelled before the job started) or pending (or any other status the batch records).
+    A plain value: the methods that reach the bucket take the store (`BatchHandle.store`)."""
 
     row_id: str
     job_id: str
@@ -94,6 +105,28 @@ class JobResult:
             "reason": self.reason,
             "error": self.error,
         }
+
+    def download(self, directory: Path | str, *, store: AudioStore) -> Path:
+        """Write this row's audio into `directory` (created if needed) as `<row id>.<format>`
+        and return its path; a file with the same size and MD5 there already is kept as it is.
+        ValueError when the row has no audio (not ok), ObjectMissing when the object is gone."""
+        from core.errors import ObjectMissing
+        from producer.results import MISSING, fetch, file_name
+
+        folder = Path(directory)
+        file_name(self)  # a row without audio is refused before any folder is made
+        folder.mkdir(parents=True, exist_ok=True)
+        fetched = fetch(store, self, folder)
+        if fetched.action == MISSING or fetched.path is None:
+            raise ObjectMissing(str(self.key))
+        return fetched.path
+
+    def presigned_url(self, seconds: int, *, store: AudioStore) -> str:
+        """A URL that GETs this row's audio without credentials for `seconds` (at most 7
+        days); ValueError when the row has no audio."""
+        from producer.results import presigned_url
+
+        return presigned_url(store, self, seconds)
 
     @classmethod
     def from_record(cls, row_id: str, job_id: str, record: Mapping[str, Any] | None) -> JobResult:
@@ -169,15 +202,59 @@ class SubmitReport:
     jobs_taken_over: int = 0
     rejected: list[InvalidJob] = field(default_factory=list)
     rejected_count: int = 0
+    # Rows enqueued although their speaker's language and their `lang` disagree (e.g.
+    # en-female with lang=zh): the first _MAX_REPORTED_WARNINGS lines; the count is exact.
+    warnings: list[str] = field(default_factory=list)
+    warnings_count: int = 0
 
 
 class BatchHandle:
     """A submitted batch: its progress and its results, read from Redis."""
 
-    def __init__(self, state: BatchState, report: SubmitReport | None = None) -> None:
+    def __init__(
+        self,
+        state: BatchState,
+        report: SubmitReport | None = None,
+        *,
+        settings: Settings | None = None,
+    ) -> None:
         self._state = state
         self.batch_id = state.batch_id
         self.report = report or SubmitReport()
+        self._settings = settings
+        self._store: AudioStore | None = None
+
+    @property
+    def store(self) -> AudioStore:
+        """The bucket of the batch's audio (built on first use), for JobResult.download and
+        JobResult.presigned_url."""
+        if self._store is None:
+            from core.storage import AudioStore  # boto3: only for what reaches the bucket
+
+            self._store = AudioStore.from_settings(self._settings or Settings.from_env())
+        return self._store
+
+    def exists(self) -> bool:
+        """False for a batch never submitted or expired."""
+        return self._state.exists()
+
+    def manifest(self) -> Iterator[dict[str, Any]]:
+        """The manifest: one line per row in submission order, every status, each with the
+        batch id (core/manifest.py)."""
+        from core.manifest import manifest_lines
+
+        return manifest_lines(self._state)
+
+    def upload_manifest(self) -> str:
+        """Write the manifest object (`batches/<id>/manifest.json`, core/manifest.py) now and
+        return its URI. Workers write it when the batch ends; this is for any other time."""
+        from core.manifest import manifest_document, manifest_key
+
+        key = manifest_key(self.batch_id)
+        self.store.put_document(
+            key, manifest_document(self._state), content_type="application/json"
+        )
+        return self.store.uri(key)
 
     def progress(self) -> Progress:
         """Rows of the batch: total, succeeded (incl. cached), failed, pending."""
@@ -226,9 +303,6 @@ class BatchHandle:
         """Rows refused at submission (`skip_invalid`): line, field, reason, error."""
         return self._state.rejected()
 
-    def exists(self) -> bool:
-        return self._state.exists()
-
 
 class JobHandle:
     """One submitted text: a batch of one row."""
@@ -266,7 +340,7 @@ class Producer:
     def batch(self, batch_id: str) -> BatchHandle:
         """A handle on an existing batch."""
         validate_row_id(batch_id, field="batch_id")
-        return BatchHandle(self._state(batch_id))
+        return BatchHandle(self._state(batch_id), settings=self.settings)
 
     def submit(
         self,
@@ -300,7 +374,9 @@ class Producer:
         whose jobs are not done or in flight (failed ones run again). Each job is sent once
         even by producers submitting the same batch at once: the send is claimed first, and
         the claims of a producer that died mid-send are taken over (and sent) by a
-        resubmission once its lease (`send_lease_seconds`) has lapsed."""
+        resubmission once its lease (`send_lease_seconds`) has lapsed. Rows whose `lang`
+        disagrees with their speaker's language are enqueued and listed in
+        `handle.report.warnings`."""
         materialized = [(index, dict(row)) for index, row in enumerate(rows, start=1)]
         return self._submit(
             lambda: iter(materialized),
@@ -377,7 +453,7 @@ class Producer:
                 if on_enqueued is not None:
                     on_enqueued(done + len(chunk), total)
         state.touch()
-        return BatchHandle(state, report)
+        return BatchHandle(state, report, settings=self.settings)
 
     def _lease(self, state: BatchState) -> SendLease:
         return SendLease(state, lease_seconds=self.settings.send_lease_seconds)
@@ -404,8 +480,9 @@ class Producer:
                 row_id = validate_row_id(fields.get("id"), row=line)
                 if row_id in seen:
                     raise InvalidJob(f"id {row_id!r} appears more than once", field="id", row=line)
-                self._spec(fields, line)
+                spec = self._spec(fields, line)
                 seen.add(row_id)
+                _warn_language(report, spec, line)
             except InvalidJob as exc:
                 bad_lines[line] = exc
                 report.rejected_count += 1
@@ -427,6 +504,9 @@ class Producer:
         pairs = [(row_id, job_of[spec.fingerprint()]) for row_id, spec in chunk]
         report.new_rows += sum(state.add_rows(pairs))
         specs = {job_of[spec.fingerprint()]: spec for _, spec in chunk}
+        first_row: dict[str, str] = {}
+        for row_id, job_id in pairs:
+            first_row.setdefault(job_id, row_id)
         job_ids = list(specs)
         codes = state.claim_sends(job_ids, sender=lease.sender, lease_seconds=lease.lease_seconds)
         to_send = []
@@ -443,7 +523,13 @@ class Producer:
                     report.jobs_taken_over += 1
         now = time.time()
         messages = [
-            build_message(job_id=j, batch_id=state.batch_id, spec=specs[j], enqueued_at=now)
+            build_message(
+                job_id=j,
+                batch_id=state.batch_id,
+                spec=specs[j],
+                enqueued_at=now,
+                row_id=first_row[j],
+            )
             for j in to_send
         ]
         self._send_claimed(state, messages, lease=lease, priority=priority)
@@ -606,6 +692,16 @@ def _rejected_entry(line: int, exc: InvalidJob) -> dict[str, Any]:
         "reason": exc.reason,
         "error": exc.detail,
     }
+
+
+def _warn_language(report: SubmitReport, spec: JobSpec, line: int) -> None:
+    """Count (and keep the first few of) rows whose lang disagrees with their speaker's."""
+    mismatch = language_mismatch(spec.speaker, spec.lang)
+    if mismatch is None:
+        return
+    report.warnings_count += 1
+    if len(report.warnings) < _MAX_REPORTED_WARNINGS:
+        report.warnings.append(f"row {line}: {mismatch}; enqueued anyway")
 
 
 def _summary(report: SubmitReport) -> str:

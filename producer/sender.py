@@ -10,7 +10,7 @@ from typing import Any
 
 from celery import Celery
 
-from core.contract import TASK_NAME
+from core.contract import TASK_NAME, task_label
 from core.delivery import DEFAULT_PRIORITY, QUEUE, celery_options, message_priority, time_limits
 from core.settings import Settings
 
@@ -47,4 +47,8 @@ class JobSender:
                     time_limit=hard,
                     producer=producer,
                     priority=level,
+                    # Flower and the task events show this, not the message: batch, row,
+                    # speaker and the text's start (core.contract.task_label).
+                    argsrepr=task_label(message),
+                    kwargsrepr="{}",
                 )

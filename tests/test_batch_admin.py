@@ -95,10 +95,10 @@ def test_rejected_rows_are_recorded_and_listed_by_failed(
     failed = run_cli(settings, "failed", "mixed", "--json")
     assert failed.returncode == 1, failed.stderr
     listing = json.loads(failed.stdout)
-    assert listing["failed"] == []
-    rejected = {(e["line"], e["field"], e["reason"]) for e in listing["rejected"]}
+    assert listing["failed_rows"] == []
+    rejected = {(e["line"], e["field"], e["reason"]) for e in listing["rejected_rows"]}
     assert rejected == {(3, "speaker", "unknown_speaker"), (5, "text", "invalid_text")}
-    assert all(e["status"] == "rejected" and e["error"] for e in listing["rejected"])
+    assert all(e["status"] == "rejected" and e["error"] for e in listing["rejected_rows"])
 
     # Without --json: one JSON line per row, the count on stderr.
     lines = run_cli(settings, "failed", "mixed")
@@ -236,7 +236,7 @@ def test_retry_skips_bad_input_unless_named_and_counts_attempts(
 
     def failed() -> dict[str, dict[str, Any]]:
         listed = run_cli(producer_settings, "failed", "rb", "--json")
-        return {e["id"]: e for e in json.loads(listed.stdout)["failed"]}
+        return {e["id"]: e for e in json.loads(listed.stdout)["failed_rows"]}
 
     batch.wait(timeout=60)
     first = failed()

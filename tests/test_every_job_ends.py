@@ -280,7 +280,9 @@ def test_a_crashed_local_stack_finishes_its_batch_within_two_minutes_of_up(
         took = time.monotonic() - restarted
         results = list(batch.results())
         store = AudioStore.from_settings(settings)
-        keys = [o["Key"] for o in store._client.list_objects_v2(Bucket=store.bucket)["Contents"]]
+        # The audio (the batch's manifest object lives beside it, under batches/).
+        listed = store._client.list_objects_v2(Bucket=store.bucket, Prefix="audio/")
+        keys = [o["Key"] for o in listed["Contents"]]
         print(
             f"\n[crash] SIGKILLed the worker, Redis and S3 with "
             f"{done_at_kill} of {len(bodies)} jobs done; `up` returned {held} in-flight jobs; "

@@ -151,7 +151,8 @@ def queued_messages(settings: Settings) -> list[dict[str, Any]]:
 
 # What a job message may hold (core.contract.build_message).
 MESSAGE_FIELDS = {
-    *("v", "job_id", "batch_id", "text", "speaker", "lang", "format", "enqueued_at", "send_id"),
+    *("v", "job_id", "batch_id", "row_id", "text", "speaker", "lang", "format", "enqueued_at"),
+    "send_id",
 }
 
 

@@ -20,6 +20,7 @@ import celeryconfig
 from core.contract import TASK_STATUSES, object_key
 from core.delivery import QUEUE
 from core.errors import ERROR_REASONS, InvalidBatch, InvalidJob
+from core.manifest import manifest_key
 from core.settings import Settings, mask_url
 from core.storage import AudioStore
 from devstack.stack import LocalStack
@@ -84,7 +85,8 @@ def test_object_keys_come_from_hashes_only(settings: Settings, workers: Any) -> 
     producer = Producer(settings)
     texts = ["../../etc/passwd please", "a/b\\c %2e%2e/ now", "s3://evil/key?x=1 go", "名前 42"]
     rows = [{"id": f"k{i}", "text": t, "speaker": "英文女"} for i, t in enumerate(texts)]
-    results = producer.submit_batch(rows).wait(timeout=60)
+    batch = producer.submit_batch(rows)
+    results = batch.wait(timeout=60)
     assert all(res.ok for res in results)
     store = AudioStore.from_settings(settings)
     listed = [
@@ -92,9 +94,13 @@ def test_object_keys_come_from_hashes_only(settings: Settings, workers: Any) -> 
         for page in store._client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
         for item in page.get("Contents", [])
     ]
+    # Beside the audio, the batch's manifest object (written as the batch ends: maybe not yet),
+    # named by the batch id, which is validated ([A-Za-z0-9._-]), never by a text.
+    audio = [key for key in listed if key != manifest_key(batch.batch_id)]
     assert all(res.key is not None for res in results)
-    assert sorted(listed) == sorted(str(res.key) for res in results)
-    assert all(KEY_PATTERN.fullmatch(key) for key in listed), listed
+    assert sorted(audio) == sorted(str(res.key) for res in results)
+    assert all(KEY_PATTERN.fullmatch(key) for key in audio), listed
+    assert manifest_key("..") == "batches/%2E%2E/manifest.json"
     # Ids that could name a path are refused before they get anywhere.
     for bad in ("../x", "a/b", "..\\x", "", "x" * 129):
         with pytest.raises(InvalidBatch):

@@ -36,8 +36,11 @@ def used_memory_mb(r: redis.Redis) -> float:
 
 
 def bucket_keys(store: AudioStore) -> set[str]:
+    """The audio objects (a finished batch's manifest object lives under batches/)."""
     keys: set[str] = set()
-    pages = store._client.get_paginator("list_objects_v2").paginate(Bucket=store.bucket)
+    pages = store._client.get_paginator("list_objects_v2").paginate(
+        Bucket=store.bucket, Prefix="audio/"
+    )
     for page in pages:
         keys.update(item["Key"] for item in page.get("Contents", []))
     return keys

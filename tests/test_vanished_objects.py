@@ -232,7 +232,8 @@ def test_verify_with_s3_unreachable_is_one_line_and_exit_1(settings: Settings) -
     assert proc.returncode == 1, proc.stderr
     assert proc.stdout == ""  # nothing reported missing: unknown is not missing
     (line,) = proc.stderr.strip().splitlines()
-    assert line.startswith("tts-batch: error: S3 endpoint unreachable")
+    assert line.startswith(f"tts-batch: error: cannot reach S3 at http://127.0.0.1:{port}: ")
+    assert "S3 endpoint unreachable" in line
 
 
 # -- the whole scenario on real workers and S3 -----------------------------------------------

@@ -34,6 +34,7 @@ from core.settings import Settings
 from core.storage import AudioStore, StoredObject
 from worker import fault_points
 from worker.audio import duration_seconds, encode
+from worker.batch_manifest import publish_if_finished
 from worker.engine_gate import EngineGate
 from worker.lease import ContentLease
 from worker.push import WorkerMetrics
@@ -76,6 +77,10 @@ class OutcomeRecorder(Protocol):
 
     worker_name: str
     metrics: WorkerMetrics
+
+    # Where the manifest of a batch that this outcome finishes is written.
+    @property
+    def store(self) -> AudioStore: ...
 
     def batch(self, batch_id: str) -> BatchState: ...
 
@@ -195,10 +200,12 @@ def _record(
     message = build_message(
         job_id=job.job_id, batch_id=job.batch_id, spec=job.spec, enqueued_at=job.enqueued_at or 0.0
     )
-    first = ctx.batch(job.batch_id).record(job.job_id, {**result, "message": message})
+    state = ctx.batch(job.batch_id)
+    first = state.record(job.job_id, {**result, "message": message})
     # A redelivered job whose first run already recorded an outcome is not counted again.
     if first:
         ctx.metrics.outcome(status)
+        publish_if_finished(ctx, state)
     return result
 
 
@@ -228,7 +235,10 @@ def record_failure(
             "message": _storable(message) if isinstance(message, dict) else None,
             "failed_at": time.time(),
         }
-        first = ctx.batch(batch_id).record(job_id, record)
+        state = ctx.batch(batch_id)
+        first = state.record(job_id, record)
+        if first:
+            publish_if_finished(ctx, state)
     if first:
         ctx.metrics.outcome("failed")
 

@@ -138,6 +138,13 @@ class WorkerMetrics:
             ["engine"],
             registry=r,
         )
+        # A batch's manifest object that could not be written (the job itself still ends
+        # well; the next outcome recorded, or `tts-batch manifest ID --upload`, writes it).
+        self.manifest_failures = Counter(
+            "tts_manifest_write_failures_total",
+            "Manifest objects of finished batches that could not be written to S3.",
+            registry=r,
+        )
         # Zero every known label value so that rate() and ratios have a series from the start.
         for reason in ERROR_REASONS:
             self.errors.labels(reason=reason)

@@ -25,7 +25,7 @@ from celery.signals import (
 )
 
 from core.batch_state import CANCELLED
-from core.contract import TASK_NAME
+from core.contract import TASK_NAME, task_label
 from core.delivery import backoff_seconds
 from core.errors import (
     EngineFailure,
@@ -40,7 +40,14 @@ from core.errors import (
 from core.settings import Settings
 from worker import engine_host, node_metrics, runtime
 from worker.app import app
-from worker.parent import broker_guard, consumer, outcomes, preflight, reconciler
+from worker.parent import (
+    broker_guard,
+    consumer,
+    control,  # noqa: F401  (imported for its effect: registers the `tts_engine` inspect command)
+    outcomes,
+    preflight,
+    reconciler,
+)
 from worker.pipeline import WorkerContext, parse, record_failure, run_job
 
 log = logging.getLogger(__name__)
@@ -229,7 +236,15 @@ def _retry_or_dead_letter(
     ctx.metrics.retry(reason)
     countdown = backoff_seconds(retries, base=ctx.settings.retry_base_seconds)
     log.warning("job %s: %s; retry %d in %.1f s", task.request.id, exc, retries + 1, countdown)
-    raise task.retry(exc=exc, countdown=countdown, max_retries=ctx.settings.max_retries)
+    # The retry is a new message: give it the same short label as the producer's send, or
+    # Celery would put the whole message (the text) in its argsrepr.
+    raise task.retry(
+        exc=exc,
+        countdown=countdown,
+        max_retries=ctx.settings.max_retries,
+        argsrepr=task_label(message),
+        kwargsrepr="{}",
+    )
 
 
 def _fail(ctx: WorkerContext, message: Any, *, reason: str, error: str, attempts: int) -> None:

@@ -1,18 +1,24 @@
-"""Batch commands: submit, status, fetch, verify, failed, retry."""
+"""Batch commands: submit, status, verify, failed, retry (fetch and manifests: results_commands)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 from core.delivery import DEFAULT_PRIORITY, PRIORITIES
 from core.errors import ERROR_REASONS, INPUT_REASONS, InvalidBatch, InvalidJob
 from core.settings import Settings
-from producer.cli.errors import EXIT_FAILED, EXIT_OK
+from producer.cli.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, still_running_hint
+from producer.cli.output import (
+    add_output_options,
+    batch_progress,
+    count_progress,
+    print_json,
+    say,
+)
 
 
 def register(sub: Any) -> None:
@@ -27,9 +33,24 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--skip-invalid", action="store_true", help="enqueue valid rows, report bad ones"
     )
-    p.add_argument("--wait", action="store_true", help="wait for the batch with a progress bar")
-    p.add_argument("--timeout", type=float, default=None, help="seconds to wait at most")
-    p.add_argument("--manifest", type=Path, help="write one JSON line per row with its result")
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait for the batch (a progress bar on a terminal, a line every 10 s otherwise)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="seconds to wait at most (then exit 1; the batch keeps running)",
+    )
+    p.add_argument(
+        "--manifest",
+        type=Path,
+        help="write one JSON line per row with its result and the batch id (without --wait: "
+        "as things stand; `tts-batch manifest ID` writes it later)",
+    )
+    add_output_options(p)
     p.add_argument(
         "--priority",
         choices=tuple(PRIORITIES),
@@ -40,13 +61,8 @@ def register(sub: Any) -> None:
 
     p = sub.add_parser("status", help="progress of a batch")
     p.add_argument("batch_id")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    add_output_options(p)
     p.set_defaults(run=_cmd_status)
-
-    p = sub.add_parser("fetch", help="download a batch's audio, named by row id")
-    p.add_argument("batch_id")
-    p.add_argument("--to", type=Path, required=True, help="folder to write into")
-    p.set_defaults(run=_cmd_fetch)
 
     p = sub.add_parser(
         "verify", help="check that every succeeded row's object is still in the bucket"
@@ -58,10 +74,12 @@ def register(sub: Any) -> None:
     p.set_defaults(run=_cmd_verify)
 
     p = sub.add_parser(
-        "failed", help="list a batch's failed jobs (dead letters) and rows rejected at submit"
+        "failed",
+        help="list a batch's failed jobs (dead letters) and rows rejected at submit: one JSON "
+        "line each, or --json",
     )
     p.add_argument("batch_id")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_output_options(p)
     p.set_defaults(run=_cmd_failed)
 
     p = sub.add_parser(
@@ -92,12 +110,95 @@ def _cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
         args.file,
         batch_id=args.batch_id,
         skip_invalid=args.skip_invalid,
-        on_enqueued=_enqueue_bar(sys.stderr),
+        on_enqueued=count_progress(sys.stderr, "enqueue", quiet=args.quiet),
         priority=args.priority,
     )
     report = handle.report
-    print(
-        f"batch {handle.batch_id}: {report.rows} rows, {report.jobs_sent} jobs enqueued"
+    say(_submit_summary(handle.batch_id, report, args.priority), quiet=args.quiet)
+    for exc in report.rejected:
+        print(f"  rejected: {exc}", file=sys.stderr)
+    _print_warnings(report, sys.stderr)
+    document: dict[str, Any] = {
+        "batch_id": handle.batch_id,
+        "rows": report.rows,
+        "jobs_enqueued": report.jobs_sent,
+        "jobs_taken_over": report.jobs_taken_over,
+        "jobs_already_done": report.jobs_already_done,
+        "jobs_already_queued": report.jobs_in_flight,
+        "rejected": [_rejected_line(exc) for exc in report.rejected],
+        "warnings": list(report.warnings),
+        "warnings_count": report.warnings_count,
+    }
+    if not args.json:
+        print(handle.batch_id, flush=True)
+    try:
+        return _finish_submit(args, handle, document)
+    except KeyboardInterrupt:
+        # Ctrl-C stops the waiting, not the batch: the jobs are in the queue already.
+        print(
+            f"tts-batch: interrupted; {still_running_hint(handle.batch_id)}",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+
+
+def _finish_submit(args: argparse.Namespace, handle: Any, document: dict[str, Any]) -> int:
+    rejected_count = handle.report.rejected_count
+    if not args.wait and args.manifest is None:
+        if args.json:
+            print_json(document)
+        return EXIT_FAILED if rejected_count else EXIT_OK
+    try:
+        results = (
+            handle.wait(
+                timeout=args.timeout,
+                on_progress=batch_progress(sys.stderr, handle.batch_id, quiet=args.quiet),
+            )
+            if args.wait
+            else list(handle.results())
+        )
+    except TimeoutError as exc:
+        print(f"tts-batch: error: {exc}; {still_running_hint(handle.batch_id)}", file=sys.stderr)
+        if args.json:
+            print_json({**document, "finished": False, **_counts(handle.progress())})
+        return EXIT_FAILED
+    if args.manifest is not None:
+        from producer.cli.results_commands import write_manifest
+
+        write_manifest(args.manifest, handle, handle.report.rejected)
+        pending = sum(r.status == "pending" for r in results)
+        say(
+            f"manifest: {args.manifest}"
+            + (
+                f" ({pending} rows pending: `tts-batch manifest {handle.batch_id} --out "
+                f"{args.manifest}` writes it again later)"
+                if pending
+                else ""
+            ),
+            quiet=args.quiet,
+        )
+    failed = [r for r in results if not r.ok]
+    for result in failed[:20]:
+        print(
+            f"  {result.row_id}: {result.status} {result.reason or ''} {result.error or ''}",
+            file=sys.stderr,
+        )
+    if args.json:
+        finished = args.wait or not any(r.status == "pending" for r in results)
+        print_json(
+            {
+                **document,
+                "finished": finished,
+                **_counts(handle.progress()),
+                "failed_rows": [_failed_line(r) for r in failed if r.status == "failed"],
+            }
+        )
+    return EXIT_FAILED if failed or rejected_count else EXIT_OK
+
+
+def _submit_summary(batch_id: str, report: Any, priority: str) -> str:
+    return (
+        f"batch {batch_id}: {report.rows} rows, {report.jobs_sent} jobs enqueued"
         + (
             f" ({report.jobs_taken_over} from a producer that died mid-send)"
             if report.jobs_taken_over
@@ -106,91 +207,12 @@ def _cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
         + (f", {report.jobs_already_done} already done" if report.jobs_already_done else "")
         + (f", {report.jobs_in_flight} already queued" if report.jobs_in_flight else "")
         + (f", {report.rejected_count} rows rejected" if report.rejected_count else "")
-        + (f", priority {args.priority}" if args.priority != DEFAULT_PRIORITY else ""),
-        file=sys.stderr,
+        + (f", priority {priority}" if priority != DEFAULT_PRIORITY else "")
     )
-    for exc in report.rejected:
-        print(f"  rejected: {exc}", file=sys.stderr)
-    print(handle.batch_id)
-    if not args.wait and args.manifest is None:
-        return EXIT_FAILED if report.rejected_count else EXIT_OK
-    results = (
-        handle.wait(timeout=args.timeout, on_progress=_progress_bar(sys.stderr))
-        if args.wait
-        else list(handle.results())
-    )
-    if args.manifest is not None:
-        _write_manifest(args.manifest, results, report.rejected)
-        print(f"manifest: {args.manifest}", file=sys.stderr)
-    failed = [r for r in results if not r.ok]
-    for result in failed[:20]:
-        print(
-            f"  {result.row_id}: {result.status} {result.reason or ''} {result.error or ''}",
-            file=sys.stderr,
-        )
-    return EXIT_FAILED if failed or report.rejected_count else EXIT_OK
 
 
-def _enqueue_bar(stream: TextIO) -> Callable[[int, int], None]:
-    """A progress bar for sending a large file (shown once it has more than one chunk)."""
-    from tqdm import tqdm
-
-    bar: dict[str, Any] = {}
-
-    def update(done: int, total: int) -> None:
-        if "bar" not in bar:
-            if done >= total:
-                return  # one chunk: done before a bar would be worth drawing
-            bar["bar"] = tqdm(total=total, unit="row", desc="enqueue", file=stream)
-        bar["bar"].update(done - bar["bar"].n)
-        if done >= total:
-            bar["bar"].close()
-
-    return update
-
-
-def _progress_bar(stream: TextIO) -> Callable[[Any], None]:
-    from tqdm import tqdm
-
-    bar: dict[str, Any] = {}
-
-    def update(progress: Any) -> None:
-        if "bar" not in bar:
-            bar["bar"] = tqdm(total=progress.total, unit="row", file=stream, dynamic_ncols=True)
-        done = progress.succeeded + progress.failed
-        bar["bar"].set_postfix(
-            ok=progress.succeeded, failed=progress.failed, cached=progress.cached
-        )
-        bar["bar"].update(done - bar["bar"].n)
-        if progress.done:
-            bar["bar"].close()
-
-    return update
-
-
-def _write_manifest(path: Path, results: Sequence[Any], rejected: Sequence[InvalidJob]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as out:
-        for result in results:
-            out.write(json.dumps(result.to_dict(), ensure_ascii=False) + "\n")
-        for exc in rejected:
-            line = {
-                "line": exc.row,
-                "status": "rejected",
-                "field": exc.field,
-                "reason": exc.reason,
-                "error": str(exc),
-            }
-            out.write(json.dumps(line, ensure_ascii=False) + "\n")
-
-
-def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    handle = _producer(settings).batch(args.batch_id)
-    progress = handle.progress()
-    if progress.total == 0:
-        raise InvalidBatch(f"no batch {args.batch_id!r} (expired or never submitted)")
-    figures = {
-        "batch_id": args.batch_id,
+def _counts(progress: Any) -> dict[str, int]:
+    return {
         "total": progress.total,
         "succeeded": progress.succeeded,
         "cached": progress.cached,
@@ -199,51 +221,52 @@ def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         "cancelled": progress.cancelled,
         "rejected": progress.rejected,
     }
+
+
+def _print_warnings(report: Any, stream: TextIO) -> None:
+    """One line per warned row (the report keeps the first ones), then how many more."""
+    for warning in report.warnings:
+        print(f"  warning: {warning}", file=stream)
+    more = report.warnings_count - len(report.warnings)
+    if more > 0:
+        print(
+            f"  warning: and {more} more rows whose lang disagrees with their speaker", file=stream
+        )
+
+
+def _rejected_line(exc: InvalidJob) -> dict[str, Any]:
+    return {
+        "line": exc.row,
+        "status": "rejected",
+        "field": exc.field,
+        "reason": exc.reason,
+        "error": str(exc),
+    }
+
+
+def _failed_line(result: Any) -> dict[str, Any]:
+    return {
+        "id": result.row_id,
+        "job_id": result.job_id,
+        "reason": result.reason,
+        "attempts": result.attempts,
+        "error": result.error,
+    }
+
+
+def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    handle = _producer(settings).batch(args.batch_id)
+    progress = handle.progress()
+    if progress.total == 0:
+        raise InvalidBatch(f"no batch {args.batch_id!r} (expired or never submitted)")
+    figures = {"batch_id": args.batch_id, **_counts(progress)}
     if args.json:
-        print(json.dumps(figures))
+        print_json(figures)
     else:
         print("  ".join(f"{k}={v}" for k, v in figures.items()))
     # Exit 0 only when every row has its audio: none failed, cancelled or rejected.
     unfinished = progress.failed + progress.cancelled + progress.rejected
     return EXIT_OK if progress.done and unfinished == 0 else EXIT_FAILED
-
-
-def _cmd_fetch(args: argparse.Namespace, settings: Settings) -> int:
-    from core.errors import ObjectMissing
-    from core.storage import AudioStore
-
-    handle = _producer(settings).batch(args.batch_id)
-    store = AudioStore.from_settings(settings)
-    args.to.mkdir(parents=True, exist_ok=True)
-    written = no_audio = vanished = 0
-    for result in handle.results():
-        if not result.ok or result.key is None:
-            no_audio += 1
-            continue
-        extension = result.key.rsplit(".", 1)[-1]
-        # Row ids match [A-Za-z0-9._-]{1,128}: safe as file names (never '..' alone).
-        name = result.row_id if result.row_id not in (".", "..") else f"_{result.row_id}"
-        try:
-            store.download(result.key, args.to / f"{name}.{extension}")
-        except ObjectMissing:
-            # Recorded as done, gone from the bucket: report it and fetch the rest.
-            vanished += 1
-            line = {"id": result.row_id, "job_id": result.job_id, "status": result.status}
-            print(json.dumps({**line, "key": result.key, "error": "object missing"}))
-            continue
-        written += 1
-    print(
-        f"{written} files in {args.to}"
-        + (f"; {no_audio} rows have no audio" if no_audio else "")
-        + (
-            f"; {vanished} objects missing (tts-batch verify {args.batch_id} --repair)"
-            if vanished
-            else ""
-        )
-    )
-    if written == 0 and no_audio == 0 and vanished == 0:
-        raise InvalidBatch(f"no batch {args.batch_id!r} (expired or never submitted)")
-    return EXIT_FAILED if no_audio or vanished else EXIT_OK
 
 
 def _cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
@@ -271,33 +294,31 @@ def _cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
 
 def _cmd_failed(args: argparse.Namespace, settings: Settings) -> int:
     handle = _producer(settings).batch(args.batch_id)
-    if not handle.exists():
-        raise InvalidBatch(f"no batch {args.batch_id!r} (expired or never submitted)")
-    failed = [
-        {
-            "id": result.row_id,
-            "job_id": result.job_id,
-            "status": "failed",
-            "reason": result.reason,
-            "attempts": result.attempts,
-            "error": result.error,
-        }
-        for result in handle.failed()
-    ]
+    _require_batch(handle)
+    failed = handle.failed()
     # Rows refused at submission (--skip-invalid): named by their line, never a job.
     rejected = handle.rejected()
     if args.json:
-        print(
-            json.dumps(
-                {"batch_id": args.batch_id, "failed": failed, "rejected": rejected},
-                ensure_ascii=False,
-            )
+        print_json(
+            {
+                "batch_id": args.batch_id,
+                "failed_rows": [_failed_line(r) for r in failed],
+                "rejected_rows": rejected,
+            }
         )
     else:
-        for line in [*failed, *rejected]:
+        for line in [*(_failed_line(r) for r in failed), *rejected]:
             print(json.dumps(line, ensure_ascii=False))
-        print(f"{len(failed)} failed rows, {len(rejected)} rejected rows", file=sys.stderr)
+    tail = f", {len(rejected)} rejected rows" if rejected else ""
+    say(f"{len(failed)} failed rows{tail}", quiet=args.quiet)
     return EXIT_FAILED if failed or rejected else EXIT_OK
+
+
+def _require_batch(handle: Any) -> None:
+    """InvalidBatch (exit 2) for a batch Redis does not know; reads only, writes nothing.
+    (Its meta, not its total: a batch whose every row was rejected has none.)"""
+    if not handle.exists():
+        raise InvalidBatch(f"no batch {handle.batch_id!r} (expired or never submitted)")
 
 
 def _cmd_retry(args: argparse.Namespace, settings: Settings) -> int:

@@ -11,7 +11,8 @@ from typing import Any
 from core.delivery import CELERY_APP, QUEUE, worker_pool
 from core.exit_codes import WORKER_EXIT_CODES
 from core.settings import LOCAL_PORTS, Settings
-from producer.cli.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from producer.cli.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ServiceUnreachable
+from producer.cli.output import add_output_options, print_json
 
 
 def register(sub: Any) -> None:
@@ -51,6 +52,7 @@ def register(sub: Any) -> None:
     p.set_defaults(run=_cmd_down)
 
     p = sub.add_parser("ps", help="show the local stack's services")
+    add_output_options(p)
     p.set_defaults(run=_cmd_ps)
 
     p = sub.add_parser("dashboard", help="render the Grafana dashboard's panels to a PNG")
@@ -165,9 +167,22 @@ def _cmd_ps(args: argparse.Namespace, settings: Settings) -> int:
     from devstack.stack import format_statuses
 
     statuses = _stack(settings).status()
-    print(format_statuses(statuses))
+    if args.json:
+        print_json({"services": [_status_dict(s) for s in statuses.values()]})
+    else:
+        print(format_statuses(statuses))
     running = [s for s in statuses.values() if s.state == "running"]
     return EXIT_OK if running else EXIT_FAILED
+
+
+def _status_dict(status: Any) -> dict[str, Any]:
+    return {
+        "name": status.name,
+        "state": status.state,
+        "pid": status.pid,
+        "url": status.url or None,
+        "detail": status.detail or None,
+    }
 
 
 def _cmd_dashboard(args: argparse.Namespace, settings: Settings) -> int:
@@ -178,10 +193,21 @@ def _cmd_dashboard(args: argparse.Namespace, settings: Settings) -> int:
     try:
         path = render_dashboard(url, args.out, minutes=args.minutes, fit=not args.full_range)
     except DashboardError as exc:
+        if _no_answer(exc.__cause__):
+            # An outage (exit 1, may pass), not a refused query or a missing matplotlib.
+            reason = getattr(exc.__cause__, "reason", exc.__cause__)
+            raise ServiceUnreachable("prometheus", url, str(reason)) from exc
         print(f"tts-batch: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     print(path)
     return EXIT_OK
+
+
+def _no_answer(cause: BaseException | None) -> bool:
+    """True when an HTTP service did not answer at all (refused, timed out, unresolvable)."""
+    from urllib.error import HTTPError, URLError
+
+    return isinstance(cause, URLError | OSError) and not isinstance(cause, HTTPError)
 
 
 def _cmd_make_random_model(args: argparse.Namespace, settings: Settings) -> int:

@@ -20,6 +20,7 @@ import redis
 from core.batch_state import BatchState
 from core.redis_conn import connect
 from core.settings import Settings
+from core.storage import AudioStore
 from worker import runtime
 from worker.parent.consumer import parent_metrics, push_soon
 from worker.pipeline import message_ids, record_failure
@@ -37,6 +38,15 @@ class ParentRecorder:
     redis: redis.Redis
     metrics: WorkerMetrics
     worker_name: str
+    _store: AudioStore | None = None
+
+    @property
+    def store(self) -> AudioStore:
+        """The bucket, for the manifest of a batch whose last outcome the parent records
+        (built on first use: most parents never need it)."""
+        if self._store is None:
+            self._store = AudioStore.from_settings(self.settings)
+        return self._store
 
     def batch(self, batch_id: str) -> BatchState:
         return BatchState(self.redis, batch_id, ttl_seconds=self.settings.batch_ttl_seconds)
