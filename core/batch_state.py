@@ -18,7 +18,19 @@ Keys (all expire `batch_ttl_seconds` after the last write):
                                 job was last opened (its messages told apart from redeliveries)
   tts:batch:{b}:inflight hash   job id -> {started_at, message} of a job started but not
                                 recorded yet (removed by the record: what the reconciler checks)
+  tts:batch:{b}:rejected hash   line -> JSON {line, field, reason, error} of a row refused by
+                                `--skip-invalid` (counted as `rejected` in counts, not in total)
+  tts:batch:{b}:tries    hash   job id -> attempts of its failures forgotten to run it again
+                                (so that attempts add up across retries)
   tts:inflight-batches   set    batches that may have jobs in flight (the reconciler's index)
+  tts:batches            zset   batch id -> created_at: the list of batches (`tts-batch
+                                batches`); members whose meta expired are pruned as it is read
+                                and as batches are created; the set itself expires a TTL after
+                                the last write to any batch
+
+A batch is cancelled by `cancelled_at` in its meta: jobs without an outcome and not in flight
+are recorded `cancelled` at once, and a worker that receives a job of a cancelled batch records
+it `cancelled` instead of running it (`start_delivery`); jobs already running finish.
 
 Every multi-key change is one Lua script, so a job that runs twice is counted once and a row
 added while its job finishes is counted exactly once.
@@ -47,10 +59,29 @@ PARTS = (
     "attempts",
     "starts",
     "inflight",
+    "rejected",
+    "tries",
 )
 # Batches that may hold jobs started and not recorded; one set for all batches, kept by
 # `start_delivery` and pruned by the reconciler (worker/parent/reconciler.py).
 IN_FLIGHT_BATCHES = "tts:inflight-batches"
+# Every batch by creation time (see the module docstring); pruned of expired ones.
+BATCH_INDEX = "tts:batches"
+# Index members older than the TTL checked per prune: bounds a prune's work, not the index (each
+# listing and creation prunes again).
+_PRUNE_CHUNK = 500
+# KEYS: the batch index. ARGV: ttl. The index lives at least `ttl` past the last write to any
+# batch (each batch lives its TTL past its own last write): a longer TTL is never shortened, so
+# the index outlives every batch it lists and expires once they all have.
+_KEEP_INDEX = """
+local left = redis.call('TTL', KEYS[1])
+if left == -1 or (left >= 0 and left < tonumber(ARGV[1])) then
+  redis.call('EXPIRE', KEYS[1], ARGV[1])
+end
+return 1
+"""
+# A job's outcome when its batch was cancelled before it started (not a failure reason).
+CANCELLED = "cancelled"
 
 # KEYS: rows, order, weight, results, counts, meta. ARGV: row id, job id, ttl.
 # Returns 1 when the row is new to the batch, 0 when it was already there.
@@ -80,10 +111,13 @@ return 1
 # Forgets a failed job's outcome (and its delivery count, so that a job dead-lettered as
 # worker_lost gets its full allowance again) so that it can run again; true when it did.
 _RESET_FAILED_FN = """
-local function reset_failed(results, counts, weight, attempts, job)
+local function reset_failed(results, counts, weight, attempts, tries, job)
   local done = redis.call('HGET', results, job)
-  if not done or cjson.decode(done)['status'] ~= 'failed' then return false end
+  if not done then return false end
+  local record = cjson.decode(done)
+  if record['status'] ~= 'failed' then return false end
   local w = tonumber(redis.call('HGET', weight, job) or '1')
+  redis.call('HINCRBY', tries, job, tonumber(record['attempts']) or 1)
   redis.call('HDEL', results, job)
   redis.call('HDEL', attempts, job)
   redis.call('HINCRBY', counts, 'failed', -w)
@@ -91,11 +125,12 @@ local function reset_failed(results, counts, weight, attempts, job)
 end
 """
 
-# KEYS: results, counts, weight, sent, attempts. ARGV: job id. Returns 1 when it reset the job.
+# KEYS: results, counts, weight, sent, attempts, tries. ARGV: job id. Returns 1 when it reset
+# the job.
 _RESET_FAILED = (
     _RESET_FAILED_FN
     + """
-if not reset_failed(KEYS[1], KEYS[2], KEYS[3], KEYS[5], ARGV[1]) then return 0 end
+if not reset_failed(KEYS[1], KEYS[2], KEYS[3], KEYS[5], KEYS[6], ARGV[1]) then return 0 end
 redis.call('HDEL', KEYS[4], ARGV[1])
 return 1
 """
@@ -110,7 +145,7 @@ DONE = "done"  # it has a successful outcome: nothing to send
 IN_FLIGHT = "in_flight"  # sent and confirmed, or claimed by a sender still alive
 TO_SEND = frozenset({CLAIMED, RETRIED, TAKEN_OVER})
 
-# KEYS: sent, senders, results, counts, weight, attempts.
+# KEYS: sent, senders, results, counts, weight, attempts, tries.
 # ARGV: sender id, lease seconds, ttl, job ids... Returns one of the codes above per job.
 # The caller's lease is renewed first, on Redis's clock (one clock for every producer).
 _CLAIM = (
@@ -126,7 +161,7 @@ for i = 4, #ARGV do
   local code = 'claimed'
   local done = redis.call('HGET', KEYS[3], job)
   if done then
-    if reset_failed(KEYS[3], KEYS[4], KEYS[5], KEYS[6], job) then
+    if reset_failed(KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], job) then
       code = 'retried'
     else
       code = 'done'
@@ -146,6 +181,7 @@ for i = 4, #ARGV do
 end
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
+redis.call('EXPIRE', KEYS[7], ARGV[3])
 return out
 """
 )
@@ -204,8 +240,9 @@ end
 return out
 """
 
-# KEYS: starts, attempts, results, inflight, the in-flight index. ARGV: job id, send id (''
-# for a message without one), ttl, in-flight entry JSON, batch id.
+# KEYS: starts, attempts, results, inflight, the in-flight index, meta, counts, weight.
+# ARGV: job id, send id ('' for a message without one), ttl, in-flight entry JSON, batch id,
+# the `cancelled` record JSON (used when the batch is cancelled and the job has no outcome).
 # Counts one start of one message and, unless the job has its outcome, marks it in flight
 # (with its message: what the reconciler checks and records from) and indexes its batch.
 # Starts are kept per send id since the job was last opened:
@@ -225,6 +262,14 @@ redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(map))
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 local done = redis.call('HGET', KEYS[3], ARGV[1])
 if done then return {starts, 0, done} end
+if redis.call('HEXISTS', KEYS[6], 'cancelled_at') == 1 then
+  -- Cancelled before it started: recorded so, never run.
+  redis.call('HSET', KEYS[3], ARGV[1], ARGV[6])
+  local w = tonumber(redis.call('HGET', KEYS[8], ARGV[1]) or '1')
+  redis.call('HINCRBY', KEYS[7], 'cancelled', w)
+  redis.call('HDEL', KEYS[4], ARGV[1])
+  return {starts, 0, ARGV[6]}
+end
 local deliveries = redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 redis.call('HSET', KEYS[4], ARGV[1], ARGV[4])
@@ -232,6 +277,34 @@ redis.call('EXPIRE', KEYS[4], ARGV[3])
 redis.call('SADD', KEYS[5], ARGV[5])
 redis.call('EXPIRE', KEYS[5], ARGV[3])
 return {starts, deliveries}
+"""
+
+
+# KEYS: results, counts, weight, inflight. ARGV: record JSON, job ids...
+# Records `cancelled` each job that has no outcome and is not in flight (running jobs finish).
+# Returns {jobs, rows} cancelled.
+_CANCEL_JOBS = """
+local jobs, rows = 0, 0
+for i = 2, #ARGV do
+  local job = ARGV[i]
+  if redis.call('HEXISTS', KEYS[1], job) == 0 and redis.call('HEXISTS', KEYS[4], job) == 0 then
+    local record = cjson.decode(ARGV[1])
+    record['job_id'] = job
+    redis.call('HSET', KEYS[1], job, cjson.encode(record))
+    local w = tonumber(redis.call('HGET', KEYS[3], job) or '1')
+    redis.call('HINCRBY', KEYS[2], 'cancelled', w)
+    jobs = jobs + 1
+    rows = rows + w
+  end
+end
+return {jobs, rows}
+"""
+
+# KEYS: rejected, counts. ARGV: line, entry JSON. Counts a rejected row once per line.
+_ADD_REJECTED = """
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+redis.call('HINCRBY', KEYS[2], 'rejected', 1)
+return 1
 """
 
 
@@ -278,16 +351,19 @@ return 1
 
 @dataclass(frozen=True)
 class Progress:
-    """Rows of a batch by state. `succeeded` includes `cached`."""
+    """Rows of a batch by state. `succeeded` includes `cached`. `rejected` rows (refused at
+    submission by `--skip-invalid`) are not in `total`: they never had a job."""
 
     total: int
     succeeded: int
     failed: int
     cached: int
+    cancelled: int = 0
+    rejected: int = 0
 
     @property
     def pending(self) -> int:
-        return max(self.total - self.succeeded - self.failed, 0)
+        return max(self.total - self.succeeded - self.failed - self.cancelled, 0)
 
     @property
     def done(self) -> bool:
@@ -310,8 +386,72 @@ class BatchState:
         return bool(self._r.exists(self._keys["meta"]))
 
     def create(self) -> None:
-        self._r.hsetnx(self._keys["meta"], "created_at", repr(time.time()))
+        created = time.time()
+        self._r.hsetnx(self._keys["meta"], "created_at", repr(created))
         self._r.hsetnx(self._keys["meta"], "total", 0)
+        self._r.zadd(BATCH_INDEX, {self.batch_id: created}, nx=True)
+        self._r.eval(_KEEP_INDEX, 1, BATCH_INDEX, self._ttl)
+        prune_index(self._r, ttl_seconds=self._ttl)
+
+    def meta(self) -> dict[str, str]:
+        return {_text(k): _text(v) for k, v in self._r.hgetall(self._keys["meta"]).items()}
+
+    def set_priority(self, priority: str) -> None:
+        """Remember the batch's priority (its last submission's): retries are sent at it."""
+        self._r.hset(self._keys["meta"], "priority", priority)
+
+    def cancelled(self) -> bool:
+        return bool(self._r.hexists(self._keys["meta"], "cancelled_at"))
+
+    def cancel(self, chunk: int = 1000) -> tuple[int, int]:
+        """Mark the batch cancelled, then record `cancelled` every job that has no outcome
+        and is not in flight; returns (jobs, rows) it cancelled. Jobs in flight finish; a
+        worker receiving a job of the batch from now on records it `cancelled` unrun."""
+        k = self._keys
+        self._r.hsetnx(k["meta"], "cancelled_at", repr(time.time()))
+        record = json.dumps(_cancelled_record(self.batch_id, ""))
+        jobs = rows = 0
+        pending: list[str] = []
+
+        def flush() -> None:
+            nonlocal jobs, rows
+            keys = (k["results"], k["counts"], k["weight"], k["inflight"])
+            done = self._r.eval(_CANCEL_JOBS, 4, *keys, record, *pending)
+            jobs, rows = jobs + int(done[0]), rows + int(done[1])
+            pending.clear()
+
+        # (HSCAN's NOVALUES needs Redis 7.4: the weights come along and are ignored.)
+        for job_id, _ in self._r.hscan_iter(k["weight"], count=chunk):
+            pending.append(_text(job_id))
+            if len(pending) >= chunk:
+                flush()
+        if pending:
+            flush()
+        self.touch()
+        return jobs, rows
+
+    def add_rejected(self, entries: Sequence[dict[str, Any]]) -> int:
+        """Record rows refused at submission (each a dict with its `line`); returns how many
+        were new (a resubmission of the same file records none twice)."""
+        pipe = self._r.pipeline(transaction=False)
+        for entry in entries:
+            line = json.dumps(entry, ensure_ascii=False)
+            pipe.eval(
+                _ADD_REJECTED, 2, self._keys["rejected"], self._keys["counts"], entry["line"], line
+            )
+        return sum(int(flag) for flag in pipe.execute())
+
+    def rejected(self) -> list[dict[str, Any]]:
+        """Rows refused at submission, by line."""
+        entries = [json.loads(raw) for _, raw in self._r.hscan_iter(self._keys["rejected"])]
+        return sorted(entries, key=lambda e: int(e.get("line") or 0))
+
+    def past_attempts(self, job_ids: Sequence[str]) -> dict[str, int]:
+        """Job id -> attempts of its earlier failures, forgotten when it was retried."""
+        if not job_ids:
+            return {}
+        values = self._r.hmget(self._keys["tries"], list(job_ids))
+        return {j: int(v) for j, v in zip(job_ids, values, strict=True) if v is not None}
 
     def add_rows(self, pairs: Sequence[tuple[str, str]]) -> list[bool]:
         """Map row ids to job ids; returns, per pair, whether the row was new."""
@@ -343,7 +483,15 @@ class BatchState:
         if not job_ids:
             return []
         k = self._keys
-        keys = [k["sent"], k["senders"], k["results"], k["counts"], k["weight"], k["attempts"]]
+        keys = [
+            k["sent"],
+            k["senders"],
+            k["results"],
+            k["counts"],
+            k["weight"],
+            k["attempts"],
+            k["tries"],
+        ]
         args = [sender, repr(float(lease_seconds)), str(self._ttl), *job_ids]
         codes = self._r.eval(_CLAIM, len(keys), *keys, *args)
         return [_text(code) for code in codes]
@@ -374,7 +522,8 @@ class BatchState:
         return {flat[i]: float(flat[i + 1]) for i in range(0, len(flat), 2)}
 
     def reset_failed(self, job_id: str) -> bool:
-        return bool(self._r.eval(_RESET_FAILED, 5, *self._forget_keys(), job_id))
+        keys = (*self._forget_keys(), self._keys["tries"])
+        return bool(self._r.eval(_RESET_FAILED, 6, *keys, job_id))
 
     def forget_succeeded(self, job_id: str, seen: str) -> bool:
         """Forget a succeeded or cached job's result if it is still `seen` (the raw JSON read
@@ -416,17 +565,21 @@ class BatchState:
         entry = json.dumps({"started_at": time.time(), "message": message})
         reply = self._r.eval(
             _START,
-            5,
+            8,
             k["starts"],
             k["attempts"],
             k["results"],
             k["inflight"],
             IN_FLIGHT_BATCHES,
+            k["meta"],
+            k["counts"],
+            k["weight"],
             job_id,
             send_id or "",
             self._ttl,
             entry,
             self.batch_id,
+            json.dumps(_cancelled_record(self.batch_id, job_id)),
         )
         recorded = json.loads(reply[2]) if len(reply) > 2 else None
         return Delivery(starts=int(reply[0]), deliveries=int(reply[1]), recorded=recorded)
@@ -443,15 +596,23 @@ class BatchState:
         pipe = self._r.pipeline(transaction=False)
         for key in self._keys.values():
             pipe.expire(key, self._ttl)
+        pipe.eval(_KEEP_INDEX, 1, BATCH_INDEX, self._ttl)
         pipe.execute()
 
     def progress(self) -> Progress:
         pipe = self._r.pipeline(transaction=False)
         pipe.hget(self._keys["meta"], "total")
-        pipe.hmget(self._keys["counts"], ["succeeded", "cached", "failed"])
-        total, (succeeded, cached, failed) = pipe.execute()
-        ok, hit, bad = int(succeeded or 0), int(cached or 0), int(failed or 0)
-        return Progress(total=int(total or 0), succeeded=ok + hit, failed=bad, cached=hit)
+        pipe.hmget(self._keys["counts"], ["succeeded", "cached", "failed", "cancelled", "rejected"])
+        total, counts = pipe.execute()
+        ok, hit, bad, cancelled, rejected = (int(n or 0) for n in counts)
+        return Progress(
+            total=int(total or 0),
+            succeeded=ok + hit,
+            failed=bad,
+            cached=hit,
+            cancelled=cancelled,
+            rejected=rejected,
+        )
 
     def result(self, job_id: str) -> dict[str, Any] | None:
         raw = self._r.hget(self._keys["results"], job_id)
@@ -484,6 +645,61 @@ class BatchState:
             if result.get("status") == "failed":
                 out.append((job_id.decode(), result))
         return out
+
+
+def _cancelled_record(batch_id: str, job_id: str) -> dict[str, Any]:
+    return {
+        "job_id": job_id,
+        "batch_id": batch_id,
+        "status": CANCELLED,
+        "cached": False,
+        "reason": None,
+        "error": "the batch was cancelled before the job started",
+    }
+
+
+def prune_index(client: redis.Redis, *, ttl_seconds: int) -> int:
+    """Drop index members whose batch expired; returns how many. Only members created more
+    than the TTL ago can have expired (a batch lives a TTL past its last write), so only
+    those are checked, the oldest first."""
+    cutoff = time.time() - ttl_seconds
+    old = [_text(b) for b in client.zrangebyscore(BATCH_INDEX, "-inf", cutoff, 0, _PRUNE_CHUNK)]
+    if not old:
+        return 0
+    pipe = client.pipeline(transaction=False)
+    for batch_id in old:
+        pipe.exists(f"{PREFIX}{batch_id}:meta")
+    gone = [b for b, alive in zip(old, pipe.execute(), strict=True) if not alive]
+    if gone:
+        client.zrem(BATCH_INDEX, *gone)
+    return len(gone)
+
+
+def list_batches(client: redis.Redis, *, ttl_seconds: int, limit: int) -> list[tuple[str, float]]:
+    """(batch id, created_at) of the `limit` newest batches still alive, newest first. A
+    member whose meta is gone (expired early, or flushed) is dropped as it is met."""
+    prune_index(client, ttl_seconds=ttl_seconds)
+    out: list[tuple[str, float]] = []
+    start = 0
+    while len(out) < limit:
+        page: list[tuple[bytes, float]] = list(
+            client.zrevrange(BATCH_INDEX, start, start + limit - 1, withscores=True)  # type: ignore[arg-type]
+        )
+        if not page:
+            break
+        pipe = client.pipeline(transaction=False)
+        for batch_id, _ in page:
+            pipe.exists(f"{PREFIX}{_text(batch_id)}:meta")
+        gone = []
+        for (batch_id, created), alive in zip(page, pipe.execute(), strict=True):
+            if alive:
+                out.append((_text(batch_id), float(created)))
+            else:
+                gone.append(batch_id)
+        if gone:
+            client.zrem(BATCH_INDEX, *gone)
+        start += len(page) - len(gone)
+    return out[:limit]
 
 
 def _text(value: object) -> str:

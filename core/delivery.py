@@ -26,6 +26,13 @@ CELERY_APP = "worker.app"
 UNACKED_KEY = "unacked"
 PRIORITY_SEP = "\x06\x16"
 PRIORITY_STEPS = range(1, 10)
+# A submission's priority -> the Celery message priority it is sent with. kombu's Redis
+# transport keeps one list per priority step (default steps 0, 3, 6, 9; the project does not
+# change them) and its BRPOP names the lists in ascending order, so the LOWEST number is served
+# first. Each value is a default step itself, so a producer and a worker agree on the list
+# whatever steps either rounds to. Jobs of one priority stay first in, first out.
+PRIORITIES = {"high": 0, "normal": 3, "low": 9}
+DEFAULT_PRIORITY = "normal"
 # The longest pause before a retry, before jitter.
 RETRY_CAP_SECONDS = 120.0
 # The jitter factor of a retry's countdown lies in [JITTER_LOW, JITTER_HIGH).
@@ -56,6 +63,21 @@ class WorkerPool:
 def queue_keys(queue: str = QUEUE) -> list[str]:
     """The Redis list names holding `queue`'s waiting messages, all priorities."""
     return [queue] + [f"{queue}{PRIORITY_SEP}{p}" for p in PRIORITY_STEPS]
+
+
+def message_priority(name: str) -> int:
+    """The Celery message priority of a submission's priority name (high, normal, low)."""
+    try:
+        return PRIORITIES[name]
+    except KeyError:
+        choices = ", ".join(PRIORITIES)
+        raise ConfigError(f"priority {name!r} is not one of {choices}") from None
+
+
+def queue_key(priority: str = DEFAULT_PRIORITY, queue: str = QUEUE) -> str:
+    """The Redis list that holds `queue`'s waiting messages of `priority` (kombu's naming)."""
+    level = message_priority(priority)
+    return f"{queue}{PRIORITY_SEP}{level}" if level else queue
 
 
 def effective_engine_batch(settings: Settings) -> int:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 __all__ = [
     "ERROR_REASONS",
+    "INPUT_REASONS",
     "ConfigError",
     "DashboardError",
     "EngineFailure",
@@ -56,6 +57,13 @@ ERROR_REASONS = (
     "timeout",
     "worker_lost",
     "duplicate_message",
+)
+
+
+# Failure reasons of bad input (InvalidJob): the same input fails the same way, so
+# `tts-batch retry` skips them unless named with --reason.
+INPUT_REASONS = frozenset(
+    {"invalid_text", "text_too_long", "unknown_speaker", "unsupported_format", "bad_message"}
 )
 
 

@@ -7,6 +7,10 @@
         if result.ok:  # succeeded or cached: it has audio
             result.download("out/", store=batch.store)  # out/a1.wav; kept if already there
             print(result.presigned_url(3600, store=batch.store))
+    producer.submit_batch(rows, priority="high")  # taken before normal and low jobs
+    producer.batches(limit=5)                     # newest first, with their counts
+    producer.cancel(batch.batch_id)               # jobs not started never run
+    producer.retry(batch.batch_id)                # failures a retry can fix, run again
 
 A speaker is named by its id (英文女) or its ASCII alias (en-female; core/speakers.py): the
 same job either way. `batch.report.warnings` names rows whose `lang` disagrees with their
@@ -20,13 +24,21 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import redis
 
-from core.batch_state import DONE, IN_FLIGHT, RETRIED, TAKEN_OVER, BatchState, Progress
+from core.batch_state import (
+    DONE,
+    IN_FLIGHT,
+    RETRIED,
+    TAKEN_OVER,
+    BatchState,
+    Progress,
+    list_batches,
+)
 from core.contract import (
     BATCH_ID_PATTERN,
     SUCCESS_STATUSES,
@@ -37,7 +49,8 @@ from core.contract import (
     validate_row_id,
     validate_spec,
 )
-from core.errors import InvalidBatch, InvalidJob
+from core.delivery import DEFAULT_PRIORITY, message_priority
+from core.errors import INPUT_REASONS, InvalidBatch, InvalidJob
 from core.redis_conn import connect
 from core.settings import Settings
 from core.speakers import language_mismatch
@@ -61,9 +74,9 @@ _MAX_REPORTED_WARNINGS = 20
 
 @dataclass(frozen=True)
 class JobResult:
-    """The outcome of one row. `status` is succeeded, cached, failed or pending (or any other
-    status the batch records). A plain value: the methods that reach the bucket take the store
-    (`BatchHandle.store`)."""
+    """The outcome of one row. `status` is succeeded, cached, failed, cancelled (its batch
+    was cancelled before the job started) or pending (or any other status the batch records).
+    A plain value: the methods that reach the bucket take the store (`BatchHandle.store`)."""
 
     row_id: str
     job_id: str
@@ -131,6 +144,48 @@ class JobResult:
             error=record.get("error"),
             attempts=record.get("attempts"),
         )
+
+
+@dataclass(frozen=True)
+class BatchSummary:
+    """One batch as `Producer.batches()` lists it."""
+
+    batch_id: str
+    created_at: float
+    progress: Progress
+    cancelled_at: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        p = self.progress
+        return {
+            "batch_id": self.batch_id,
+            "created_at": self.created_at,
+            "total": p.total,
+            "succeeded": p.succeeded,
+            "cached": p.cached,
+            "failed": p.failed,
+            "pending": p.pending,
+            "cancelled": p.cancelled,
+            "rejected": p.rejected,
+            "cancelled_at": self.cancelled_at,
+        }
+
+
+@dataclass(frozen=True)
+class CancelReport:
+    """What `Producer.cancel` did: jobs (and their rows) recorded cancelled, rows still running."""
+
+    jobs_cancelled: int
+    rows_cancelled: int
+    rows_running: int
+
+
+@dataclass
+class RetryReport:
+    """What `Producer.retry` did: jobs enqueued again, failed jobs skipped by reason."""
+
+    jobs_sent: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -236,7 +291,17 @@ class BatchHandle:
             time.sleep(poll_seconds)
 
     def failed(self) -> list[JobResult]:
-        return [result for result in self.results() if result.status == "failed"]
+        """Failed rows; `attempts` counts every attempt, earlier retries' included."""
+        failed = [result for result in self.results() if result.status == "failed"]
+        past = self._state.past_attempts([r.job_id for r in failed])
+        return [
+            replace(r, attempts=(r.attempts or 0) + past[r.job_id]) if r.job_id in past else r
+            for r in failed
+        ]
+
+    def rejected(self) -> list[dict[str, Any]]:
+        """Rows refused at submission (`skip_invalid`): line, field, reason, error."""
+        return self._state.rejected()
 
 
 class JobHandle:
@@ -285,11 +350,12 @@ class Producer:
         lang: str | None = None,
         fmt: str = "wav",
         job_id: str | None = None,
+        priority: str = DEFAULT_PRIORITY,
     ) -> JobHandle:
         """Enqueue one text; `job_id` (default: random) names it in the result."""
         row_id = job_id or uuid.uuid4().hex
         row = {"id": row_id, "text": text, "speaker": speaker, "lang": lang, "format": fmt}
-        batch = self.submit_batch([row], batch_id=f"job-{row_id}")
+        batch = self.submit_batch([row], batch_id=f"job-{row_id}", priority=priority)
         return JobHandle(batch, row_id)
 
     def submit_batch(
@@ -298,10 +364,13 @@ class Producer:
         *,
         batch_id: str | None = None,
         skip_invalid: bool = False,
+        priority: str = DEFAULT_PRIORITY,
     ) -> BatchHandle:
         """Validate every row, then enqueue. Any invalid row refuses the whole batch
         (InvalidBatch naming each row and field) unless `skip_invalid`, which reports them in
-        `handle.report.rejected`. Resubmitting with the same `batch_id` enqueues only rows
+        `handle.report.rejected` and records them in the batch as `rejected`. `priority`
+        (high, normal, low) orders the jobs in the queue: workers take high before normal
+        before low. Resubmitting with the same `batch_id` enqueues only rows
         whose jobs are not done or in flight (failed ones run again). Each job is sent once
         even by producers submitting the same batch at once: the send is claimed first, and
         the claims of a producer that died mid-send are taken over (and sent) by a
@@ -310,7 +379,10 @@ class Producer:
         `handle.report.warnings`."""
         materialized = [(index, dict(row)) for index, row in enumerate(rows, start=1)]
         return self._submit(
-            lambda: iter(materialized), batch_id=batch_id, skip_invalid=skip_invalid
+            lambda: iter(materialized),
+            batch_id=batch_id,
+            skip_invalid=skip_invalid,
+            priority=priority,
         )
 
     def submit_file(
@@ -320,6 +392,7 @@ class Producer:
         batch_id: str | None = None,
         skip_invalid: bool = False,
         on_enqueued: EnqueueProgress | None = None,
+        priority: str = DEFAULT_PRIORITY,
     ) -> BatchHandle:
         """Like submit_batch, for a CSV or JSONL file, read twice and streaming (bounded
         memory whatever the file's size); rows are named by their line number.
@@ -330,6 +403,7 @@ class Producer:
             batch_id=batch_id,
             skip_invalid=skip_invalid,
             on_enqueued=on_enqueued,
+            priority=priority,
         )
 
     def _state(self, batch_id: str) -> BatchState:
@@ -342,7 +416,9 @@ class Producer:
         batch_id: str | None,
         skip_invalid: bool,
         on_enqueued: EnqueueProgress | None = None,
+        priority: str = DEFAULT_PRIORITY,
     ) -> BatchHandle:
+        message_priority(priority)  # an unknown name fails before anything is recorded
         if batch_id is None:
             batch_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:8]
         elif not isinstance(batch_id, str) or not BATCH_ID_PATTERN.fullmatch(batch_id):
@@ -354,7 +430,11 @@ class Producer:
             raise InvalidBatch(_summary(report), report.rejected)
         # Pass 2: record rows and send jobs, chunk by chunk.
         state = self._state(batch_id)
+        if state.cancelled():
+            raise InvalidBatch(f"batch {batch_id!r} was cancelled: submit under a new batch id")
         state.create()
+        state.set_priority(priority)
+        state.add_rejected([_rejected_entry(line, exc) for line, exc in bad_lines.items()])
         chunk: list[tuple[str, JobSpec]] = []
         total, done = report.rows - report.rejected_count, 0
         with self._lease(state) as lease:
@@ -363,13 +443,13 @@ class Producer:
                     continue
                 chunk.append((str(fields["id"]), self._spec(fields, line)))
                 if len(chunk) >= _CHUNK:
-                    self._enqueue_chunk(state, chunk, report, lease=lease)
+                    self._enqueue_chunk(state, chunk, report, lease=lease, priority=priority)
                     done += len(chunk)
                     chunk = []
                     if on_enqueued is not None:
                         on_enqueued(done, total)
             if chunk:
-                self._enqueue_chunk(state, chunk, report, lease=lease)
+                self._enqueue_chunk(state, chunk, report, lease=lease, priority=priority)
                 if on_enqueued is not None:
                     on_enqueued(done + len(chunk), total)
         state.touch()
@@ -383,9 +463,10 @@ class Producer:
             fields, speakers=self.settings.speakers, max_chars=self.settings.max_chars, row=line
         )
 
-    def _validate_all(self, rows: Iterator[Row], report: SubmitReport) -> set[int]:
+    def _validate_all(self, rows: Iterator[Row], report: SubmitReport) -> dict[int, InvalidJob]:
+        """Line -> error of every invalid row (all of them: they are recorded as rejected)."""
         seen: set[str] = set()
-        bad_lines: set[int] = set()
+        bad_lines: dict[int, InvalidJob] = {}
         for line, fields in rows:
             report.rows += 1
             if report.rows > self.settings.max_batch_rows:
@@ -403,7 +484,7 @@ class Producer:
                 seen.add(row_id)
                 _warn_language(report, spec, line)
             except InvalidJob as exc:
-                bad_lines.add(line)
+                bad_lines[line] = exc
                 report.rejected_count += 1
                 if len(report.rejected) < _MAX_REPORTED_ERRORS:
                     report.rejected.append(exc)
@@ -416,6 +497,7 @@ class Producer:
         report: SubmitReport,
         *,
         lease: SendLease,
+        priority: str,
     ) -> None:
         # Rows with the same request share one job (and so one synthesis).
         job_of = {fp: task_id_for(state.batch_id, fp) for fp in {s.fingerprint() for _, s in chunk}}
@@ -450,22 +532,80 @@ class Producer:
             )
             for j in to_send
         ]
-        self._send_claimed(state, messages, lease=lease)
+        self._send_claimed(state, messages, lease=lease, priority=priority)
         report.jobs_sent += len(messages)
 
     def _send_claimed(
-        self, state: BatchState, messages: list[dict[str, Any]], *, lease: SendLease
+        self,
+        state: BatchState,
+        messages: list[dict[str, Any]],
+        *,
+        lease: SendLease,
+        priority: str = DEFAULT_PRIORITY,
     ) -> None:
         """Send messages whose jobs `lease` claimed, then confirm them. A send that fails
         (or is interrupted) releases the claims, so that a resubmission sends the jobs; any it
         did send before failing become duplicates, which workers drop."""
         job_ids = [m["job_id"] for m in messages]
         try:
-            self._sender.send(messages)
+            self._sender.send(messages, priority=priority)
         except BaseException:
             state.release_sends(job_ids, sender=lease.sender)
             raise
         state.confirm_sends(job_ids, sender=lease.sender)
+
+    def batches(self, limit: int = 20) -> list[BatchSummary]:
+        """The `limit` newest batches still kept (batch_ttl_seconds), newest first."""
+        found = list_batches(self._redis, ttl_seconds=self.settings.batch_ttl_seconds, limit=limit)
+        out = []
+        for batch_id, created_at in found:
+            state = self._state(batch_id)
+            cancelled = state.meta().get("cancelled_at")
+            out.append(
+                BatchSummary(
+                    batch_id=batch_id,
+                    created_at=created_at,
+                    progress=state.progress(),
+                    cancelled_at=float(cancelled) if cancelled else None,
+                )
+            )
+        return out
+
+    def cancel(self, batch_id: str) -> CancelReport:
+        """Cancel a batch: its jobs that have not started never will (recorded `cancelled`,
+        here or by the worker that receives them); jobs running now finish. A cancelled
+        batch takes no new rows."""
+        state = self._existing(batch_id)
+        jobs, rows = state.cancel()
+        return CancelReport(
+            jobs_cancelled=jobs, rows_cancelled=rows, rows_running=state.progress().pending
+        )
+
+    def retry(self, batch_id: str, *, reasons: Iterable[str] | None = None) -> RetryReport:
+        """Enqueue again the failed jobs of a batch whose reason is worth a retry: with
+        `reasons` None, every reason except bad input (core.errors.INPUT_REASONS: the same
+        input fails the same way); otherwise exactly the reasons named. Jobs skipped are
+        counted by reason in the report."""
+        state = self._existing(batch_id)
+        wanted = set(reasons) if reasons is not None else None
+        stored: dict[str, dict[str, Any]] = {}
+        report = RetryReport()
+        for job_id, record in state.failed_jobs():
+            reason = str(record.get("reason") or "unknown")
+            retried = reason in wanted if wanted is not None else reason not in INPUT_REASONS
+            if not retried or not isinstance(record.get("message"), dict):
+                report.skipped[reason] = report.skipped.get(reason, 0) + 1
+                continue
+            stored[job_id] = record["message"]
+        report.jobs_sent = len(self._send_again(state, stored))
+        return report
+
+    def _existing(self, batch_id: str) -> BatchState:
+        validate_row_id(batch_id, field="batch_id")
+        state = self._state(batch_id)
+        if not state.exists():
+            raise InvalidBatch(f"no batch {batch_id!r} (expired or never submitted)")
+        return state
 
     def retry_failed(self, batch_id: str) -> int:
         """Enqueue again every failed job of a batch; returns how many. Claimed like a
@@ -525,6 +665,8 @@ class Producer:
         retry or resubmission sends each once; returns the job ids sent."""
         job_ids = list(stored)
         sent: set[str] = set()
+        # At the batch's own priority (a batch recorded before priorities existed: normal).
+        priority = state.meta().get("priority", DEFAULT_PRIORITY)
         with self._lease(state) as lease:
             for start in range(0, len(job_ids), _CHUNK):
                 chunk = job_ids[start : start + _CHUNK]
@@ -537,9 +679,19 @@ class Producer:
                     for job_id, code in zip(chunk, codes, strict=True)
                     if code not in (DONE, IN_FLIGHT)
                 ]
-                self._send_claimed(state, messages, lease=lease)
+                self._send_claimed(state, messages, lease=lease, priority=priority)
                 sent.update(str(m["job_id"]) for m in messages)
         return sent
+
+
+def _rejected_entry(line: int, exc: InvalidJob) -> dict[str, Any]:
+    return {
+        "line": line,
+        "status": "rejected",
+        "field": exc.field,
+        "reason": exc.reason,
+        "error": exc.detail,
+    }
 
 
 def _warn_language(report: SubmitReport, spec: JobSpec, line: int) -> None:

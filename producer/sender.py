@@ -11,7 +11,7 @@ from typing import Any
 from celery import Celery
 
 from core.contract import TASK_NAME, task_label
-from core.delivery import QUEUE, celery_options, time_limits
+from core.delivery import DEFAULT_PRIORITY, QUEUE, celery_options, message_priority, time_limits
 from core.settings import Settings
 
 
@@ -32,7 +32,9 @@ class JobSender:
         self._app = app
         self._settings = settings
 
-    def send(self, messages: Sequence[dict[str, Any]]) -> None:
+    def send(self, messages: Sequence[dict[str, Any]], *, priority: str = DEFAULT_PRIORITY) -> None:
+        """Send `messages` at `priority` (high, normal, low: core.delivery.PRIORITIES)."""
+        level = message_priority(priority)
         with self._app.producer_or_acquire() as producer:
             for message in messages:
                 soft, hard = time_limits(self._settings, len(message["text"]))
@@ -44,6 +46,7 @@ class JobSender:
                     soft_time_limit=soft,
                     time_limit=hard,
                     producer=producer,
+                    priority=level,
                     # Flower and the task events show this, not the message: batch, row,
                     # speaker and the text's start (core.contract.task_label).
                     argsrepr=task_label(message),

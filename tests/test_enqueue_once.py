@@ -23,12 +23,11 @@ import pytest
 import redis
 
 from core.batch_state import CLAIMED, DONE, IN_FLIGHT, RETRIED, TAKEN_OVER, BatchState
-from core.delivery import QUEUE
 from core.settings import Settings
 from core.storage import AudioStore
 from producer.api import Producer
 from tests.support.enqueue_race import rows
-from tests.support.helpers import pushgateway_samples, wait_until
+from tests.support.helpers import pushgateway_samples, queue_depth, queued_raw, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -50,7 +49,7 @@ def sent_values(settings: Settings, batch_id: str) -> dict[str, str]:
 def queued_messages(settings: Settings) -> list[dict[str, Any]]:
     """The job messages waiting in the queue, with the Celery task id of each."""
     out = []
-    for raw in client(settings).lrange(QUEUE, 0, -1):
+    for raw in queued_raw(client(settings)):
         envelope = json.loads(raw)
         args, _, _ = json.loads(base64.b64decode(envelope["body"]))
         out.append({"task_id": envelope["headers"]["id"], **args[0]})
@@ -160,8 +159,8 @@ class BrokenSender:
         self._inner = inner
         self._good = good
 
-    def send(self, messages: list[dict[str, Any]]) -> None:
-        self._inner.send(messages[: self._good])
+    def send(self, messages: list[dict[str, Any]], **options: Any) -> None:
+        self._inner.send(messages[: self._good], **options)
         raise ConnectionError("broker gone")
 
 
@@ -179,11 +178,11 @@ def test_a_send_that_fails_releases_its_claims(settings: Settings) -> None:
     report = producer.submit_batch(rows(n, tag), batch_id="broken").report
     print(
         f"\n[broken send] {n} rows, the send failed after 100 messages; the resubmit sent "
-        f"{report.jobs_sent}; the queue holds {client(settings).llen(QUEUE)}"
+        f"{report.jobs_sent}; the queue holds {queue_depth(client(settings))}"
     )
     # The 100 sent before the failure are sent again: the workers drop them as duplicates.
     assert (report.jobs_sent, report.jobs_in_flight) == (n, 0)
-    assert client(settings).llen(QUEUE) == n + 100
+    assert queue_depth(client(settings)) == n + 100
 
 
 # -- two producers, one batch, at once -----------------------------------------------------------
@@ -242,10 +241,10 @@ def test_a_producer_killed_mid_send_and_resubmitted_runs_every_job_once(
         replace(settings, send_lease_seconds=lease), batch_id, n, tag, "--send-delay", "0.001"
     )
     # Half-way through the third chunk of 500: two chunks confirmed, one claimed and half sent.
-    wait_until(lambda: r.llen(QUEUE) >= 1250, timeout=60, interval=0.005, what="1250 sent")
+    wait_until(lambda: queue_depth(r) >= 1250, timeout=60, interval=0.005, what="1250 sent")
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=10)
-    at_kill = r.llen(QUEUE)
+    at_kill = queue_depth(r)
     sent = sent_values(settings, batch_id)
     confirmed = sum(not v.startswith("claim:") for v in sent.values())
     claimed = len(sent) - confirmed
@@ -258,7 +257,7 @@ def test_a_producer_killed_mid_send_and_resubmitted_runs_every_job_once(
     wait_until(lambda: not s.live_senders(), timeout=10, what="the dead producer's lease to lapse")
     lapsed = time.monotonic() - killed_at
     report = Producer(settings).submit_batch(rows(n, tag), batch_id=batch_id).report
-    queued = r.llen(QUEUE)
+    queued = queue_depth(r)
     assert (report.jobs_in_flight, report.jobs_taken_over, report.jobs_sent) == (
         confirmed,
         claimed,

@@ -34,6 +34,7 @@ from devstack.procs import is_alive
 from producer.api import BatchHandle, JobResult, Producer
 from tests.support.helpers import (
     pushgateway_samples,
+    queue_depth,
     run_cli,
     wait_for_task_counts,
     wait_until,
@@ -617,7 +618,7 @@ def test_graceful_shutdown_finishes_the_job_in_hand(
     node.stop()  # SIGTERM to the parent: a warm shutdown
     stop_seconds = time.monotonic() - started
     done = [r for r in batch.results() if r.status != "pending"]
-    queued = int(redis.Redis.from_url(settings.broker_url).llen("tts"))
+    queued = int(queue_depth(redis.Redis.from_url(settings.broker_url)))
 
     workers.start(concurrency=1, fake_marker_dir=str(markers))
     results = batch.wait(timeout=60)

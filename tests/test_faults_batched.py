@@ -27,7 +27,7 @@ from core.settings import Settings
 from core.storage import AudioStore
 from devstack.procs import is_alive
 from producer.api import BatchHandle
-from tests.support.helpers import pushgateway_samples, run_cli, wait_until
+from tests.support.helpers import pushgateway_samples, queue_depth, run_cli, wait_until
 from tests.test_faults import (
     assert_valid_object,
     attempts,
@@ -65,7 +65,7 @@ def in_hand(markers: Path, n: int) -> list[Any]:
 
 
 def queued(settings: Settings) -> int:
-    return int(redis.Redis.from_url(settings.broker_url).llen("tts"))
+    return int(queue_depth(redis.Redis.from_url(settings.broker_url)))
 
 
 def test_sigkill_of_a_batched_process_redelivers_every_job_in_hand_once(

@@ -32,7 +32,7 @@ from core.settings import Settings
 from core.storage import AudioStore
 from producer.api import Producer
 from producer.sender import client_app
-from tests.support.helpers import pushgateway_samples, run_cli, wait_until
+from tests.support.helpers import pushgateway_samples, queue_depth, queued_raw, run_cli, wait_until
 from tests.support.hostile_corpus import (
     ACCEPTED,
     ACCEPTED_MESSAGE_ONLY,
@@ -57,7 +57,7 @@ GOOD3 = {"id": "good3", "text": "Platform three.", "speaker": "英文男"}
 
 def assert_nothing_enqueued(settings: Settings) -> None:
     r = redis.Redis.from_url(settings.broker_url)
-    assert r.llen(QUEUE) == 0
+    assert queue_depth(r) == 0
     # Not even a batch record: the database is as empty as the test found it.
     assert r.dbsize() == 0, sorted(r.scan_iter(count=1000))[:10]
 
@@ -137,13 +137,13 @@ def test_producer_accepts_odd_but_valid_files(
     batch = Producer(settings).submit_file(path, batch_id="odd")
     assert (batch.report.rows, batch.report.rejected_count) == (accepted, 0)
     assert batch.progress().total == accepted
-    assert redis.Redis.from_url(settings.broker_url).llen(QUEUE) == batch.report.jobs_sent
+    assert queue_depth(redis.Redis.from_url(settings.broker_url)) == batch.report.jobs_sent
 
 
 def queued_messages(settings: Settings) -> list[dict[str, Any]]:
     r = redis.Redis.from_url(settings.broker_url)
     out = []
-    for raw in r.lrange(QUEUE, 0, -1):
+    for raw in queued_raw(r):
         body = base64.b64decode(json.loads(raw)["body"])
         out.append(json.loads(body)[0][0])
     return out

@@ -18,6 +18,7 @@ from core.delivery import QUEUE
 from core.errors import InvalidBatch
 from core.settings import Settings
 from producer.api import Producer
+from tests.support.helpers import queue_depth
 
 pytestmark = pytest.mark.integration
 
@@ -71,7 +72,7 @@ def test_100k_rows_are_enqueued_streaming_in_bounded_memory(
     )
     try:
         assert (submitted["rows"], submitted["jobs_sent"]) == (ROWS, ROWS)
-        assert r.llen(QUEUE) == ROWS
+        assert queue_depth(r) == ROWS
         assert BatchState(r, "large", ttl_seconds=1).progress().total == ROWS
         # Pass 1 keeps a set of 100k row ids (~10 MB); pass 2 a 500-row chunk. Holding the rows
         # themselves costs four times more (~43 MB measured).
@@ -98,7 +99,7 @@ def test_a_file_over_the_row_limit_is_refused_before_anything_is_enqueued(
         Producer(settings).submit_file(over, batch_id="too-big")
     assert "more than 100000 rows (TTS_MAX_BATCH_ROWS)" in str(info.value)
     r = redis.Redis.from_url(settings.broker_url)
-    assert r.llen(QUEUE) == 0 and r.dbsize() == 0
+    assert queue_depth(r) == 0 and r.dbsize() == 0
 
 
 def test_a_lower_row_limit_is_read_from_the_environment(settings: Settings, tmp_path: Path) -> None:

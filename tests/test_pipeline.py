@@ -17,7 +17,7 @@ from core.errors import InvalidBatch
 from core.settings import Settings
 from core.storage import AudioStore
 from producer.api import Producer
-from tests.support.helpers import pushgateway_samples, run_cli, wait_for_task_counts
+from tests.support.helpers import pushgateway_samples, queue_depth, run_cli, wait_for_task_counts
 
 pytestmark = pytest.mark.integration
 
@@ -137,7 +137,7 @@ def test_an_invalid_row_refuses_the_batch_unless_skipped(settings: Settings, wor
         producer.submit_batch(bad, batch_id="refused")
     assert "row 4, field 'text'" in str(info.value)
     broker = redis.Redis.from_url(settings.broker_url)
-    assert broker.llen("tts") == 0
+    assert queue_depth(broker) == 0
     assert not producer.batch("refused").progress().total
 
     batch = producer.submit_batch(bad, batch_id="skipping", skip_invalid=True)
@@ -189,6 +189,8 @@ def test_cli_submit_wait_manifest_status_fetch(
         "cached": 0,
         "failed": 0,
         "pending": 0,
+        "cancelled": 0,
+        "rejected": 0,
     }
     out = tmp_path / "audio"
     fetched = run_cli(settings, "fetch", "clibatch", "--to", str(out))

@@ -19,11 +19,10 @@ import redis
 
 import celeryconfig
 from core.batch_state import PARTS, BatchState
-from core.delivery import QUEUE
 from core.settings import Settings
 from core.storage import AudioStore
 from producer.api import Producer
-from tests.support.helpers import pushgateway_samples, wait_until
+from tests.support.helpers import pushgateway_samples, queue_depth, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.soak]
 
@@ -114,7 +113,7 @@ def test_soak_10k_jobs_two_processes(settings: Settings, workers: Any) -> None:
     assert len(per_process) == 2 and min(per_process.values()) > JOBS * 0.2, per_process
 
     # Redis stays bounded: the queue is empty and every other key expires on schedule.
-    assert r.llen(QUEUE) == 0
+    assert queue_depth(r) == 0
     ttl_batch = settings.batch_ttl_seconds
     ttl_result = celeryconfig.result_expires
     counts: Counter[str] = Counter()

@@ -23,12 +23,13 @@ import pytest
 import redis
 
 from core.batch_state import BatchState
+from core.delivery import queue_key
 from core.errors import InvalidBatch
 from core.settings import Settings
 from core.storage import AudioStore, StoredObject
 from producer.api import Producer
 from producer.verify import MissingRow, Vanished, find_vanished
-from tests.support.helpers import run_cli, wait_until
+from tests.support.helpers import queue_depth, run_cli, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -190,7 +191,7 @@ def test_repair_enqueues_from_the_kept_message_and_leaves_a_record_without_one(
     _succeed(state, "j1")
     old = {"job_id": "j2", "status": "succeeded", "key": "audio/00/j2.wav"}  # no message kept
     state.record("j2", old)
-    queued = state._r.llen("tts")
+    queued = queue_depth(state._r)
 
     missing: list[MissingRow] = []
     report = Producer(settings).verify(
@@ -209,8 +210,8 @@ def test_repair_enqueues_from_the_kept_message_and_leaves_a_record_without_one(
     sent_j1, sent_j2 = state._r.hmget(state.key("sent"), ["j1", "j2"])
     assert sent_j1 is not None and sent_j2 is None
     assert state.result("j1") is None and (state.result("j2") or {})["status"] == "succeeded"
-    assert state._r.llen("tts") == queued + 1
-    body = json.loads(state._r.lindex("tts", 0) or b"{}")
+    assert queue_depth(state._r) == queued + 1
+    body = json.loads(state._r.lindex(queue_key(), 0) or b"{}")
     assert body["headers"]["id"] == "j1"
     assert _counts(state) == {"succeeded": 1}
     with pytest.raises(InvalidBatch, match="no batch"):

@@ -191,6 +191,8 @@ def _record(
         # Which pool process ran it: tests prove a process survives hostile input.
         "pid": os.getpid(),
         "attempts": attempt,
+        # When the outcome was recorded: the order jobs finished in (priorities are tested so).
+        "finished_at": time.time(),
     }
     # The record keeps the message it ran from (as a failure's does), so that `tts-batch
     # verify --repair` can enqueue the job again if its object vanishes; the returned result

@@ -24,6 +24,7 @@ from celery.signals import (
     worker_shutdown,
 )
 
+from core.batch_state import CANCELLED
 from core.contract import TASK_NAME, task_label
 from core.delivery import backoff_seconds
 from core.errors import (
@@ -207,9 +208,13 @@ def _drop_duplicate(ctx: WorkerContext, recorded: dict[str, Any], *, lost: int) 
     """A message of a job whose outcome is recorded already: nothing is run again. A second
     message (two sends of one job) counts as duplicate_message; a redelivery of the message
     that recorded it (its process lost before the ack) was counted as worker_lost."""
-    if lost <= 0:
-        ctx.metrics.error("duplicate_message")
-    log.info("job %s has its outcome already: message dropped", recorded.get("job_id"))
+    if recorded.get("status") == CANCELLED:
+        # Its batch was cancelled before it started (recorded so now or by `tts-batch cancel`).
+        log.info("job %s: its batch is cancelled, not run", recorded.get("job_id"))
+    else:
+        if lost <= 0:
+            ctx.metrics.error("duplicate_message")
+        log.info("job %s has its outcome already: message dropped", recorded.get("job_id"))
     # The stored message (failures keep it, for `retry`) holds the text: not for the result.
     return {key: value for key, value in recorded.items() if key != "message"}
 

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from core.settings import Settings
 from devstack.credentials import local_settings
 from producer.cli import (
+    batch_admin,
     batch_commands,
     completion_commands,
     doctor_commands,
@@ -78,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     completion_commands.register(sub)
     speaker_commands.register(sub)
     doctor_commands.register(sub)
+    batch_admin.register(sub)
     return parser
 
 

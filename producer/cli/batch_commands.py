@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from core.errors import InvalidBatch, InvalidJob
+from core.delivery import DEFAULT_PRIORITY, PRIORITIES
+from core.errors import ERROR_REASONS, INPUT_REASONS, InvalidBatch, InvalidJob
 from core.settings import Settings
 from producer.cli.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, still_running_hint
 from producer.cli.output import (
@@ -50,6 +51,12 @@ def register(sub: Any) -> None:
         "as things stand; `tts-batch manifest ID` writes it later)",
     )
     add_output_options(p)
+    p.add_argument(
+        "--priority",
+        choices=tuple(PRIORITIES),
+        default=DEFAULT_PRIORITY,
+        help="queue order: workers take high before normal before low (default normal)",
+    )
     p.set_defaults(run=_cmd_submit)
 
     p = sub.add_parser("status", help="progress of a batch")
@@ -68,14 +75,26 @@ def register(sub: Any) -> None:
 
     p = sub.add_parser(
         "failed",
-        help="list a batch's failed jobs (dead letters): one JSON line each, or --json",
+        help="list a batch's failed jobs (dead letters) and rows rejected at submit: one JSON "
+        "line each, or --json",
     )
     p.add_argument("batch_id")
     add_output_options(p)
     p.set_defaults(run=_cmd_failed)
 
-    p = sub.add_parser("retry", help="enqueue a batch's failed jobs again")
+    p = sub.add_parser(
+        "retry",
+        help="enqueue a batch's failed jobs again (bad-input reasons only with --reason)",
+    )
     p.add_argument("batch_id")
+    p.add_argument(
+        "--reason",
+        action="append",
+        choices=ERROR_REASONS,
+        metavar="REASON",
+        help="retry only jobs that failed for REASON (repeatable); names bad-input reasons "
+        f"({', '.join(sorted(INPUT_REASONS))}), which are skipped otherwise",
+    )
     p.set_defaults(run=_cmd_retry)
 
 
@@ -92,9 +111,10 @@ def _cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
         batch_id=args.batch_id,
         skip_invalid=args.skip_invalid,
         on_enqueued=count_progress(sys.stderr, "enqueue", quiet=args.quiet),
+        priority=args.priority,
     )
     report = handle.report
-    say(_submit_summary(handle.batch_id, report), quiet=args.quiet)
+    say(_submit_summary(handle.batch_id, report, args.priority), quiet=args.quiet)
     for exc in report.rejected:
         print(f"  rejected: {exc}", file=sys.stderr)
     _print_warnings(report, sys.stderr)
@@ -176,7 +196,7 @@ def _finish_submit(args: argparse.Namespace, handle: Any, document: dict[str, An
     return EXIT_FAILED if failed or rejected_count else EXIT_OK
 
 
-def _submit_summary(batch_id: str, report: Any) -> str:
+def _submit_summary(batch_id: str, report: Any, priority: str) -> str:
     return (
         f"batch {batch_id}: {report.rows} rows, {report.jobs_sent} jobs enqueued"
         + (
@@ -187,6 +207,7 @@ def _submit_summary(batch_id: str, report: Any) -> str:
         + (f", {report.jobs_already_done} already done" if report.jobs_already_done else "")
         + (f", {report.jobs_in_flight} already queued" if report.jobs_in_flight else "")
         + (f", {report.rejected_count} rows rejected" if report.rejected_count else "")
+        + (f", priority {priority}" if priority != DEFAULT_PRIORITY else "")
     )
 
 
@@ -197,6 +218,8 @@ def _counts(progress: Any) -> dict[str, int]:
         "cached": progress.cached,
         "failed": progress.failed,
         "pending": progress.pending,
+        "cancelled": progress.cancelled,
+        "rejected": progress.rejected,
     }
 
 
@@ -241,7 +264,9 @@ def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         print_json(figures)
     else:
         print("  ".join(f"{k}={v}" for k, v in figures.items()))
-    return EXIT_OK if progress.done and progress.failed == 0 else EXIT_FAILED
+    # Exit 0 only when every row has its audio: none failed, cancelled or rejected.
+    unfinished = progress.failed + progress.cancelled + progress.rejected
+    return EXIT_OK if progress.done and unfinished == 0 else EXIT_FAILED
 
 
 def _cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
@@ -271,22 +296,42 @@ def _cmd_failed(args: argparse.Namespace, settings: Settings) -> int:
     handle = _producer(settings).batch(args.batch_id)
     _require_batch(handle)
     failed = handle.failed()
+    # Rows refused at submission (--skip-invalid): named by their line, never a job.
+    rejected = handle.rejected()
     if args.json:
-        print_json({"batch_id": args.batch_id, "failed_rows": [_failed_line(r) for r in failed]})
+        print_json(
+            {
+                "batch_id": args.batch_id,
+                "failed_rows": [_failed_line(r) for r in failed],
+                "rejected_rows": rejected,
+            }
+        )
     else:
-        for result in failed:
-            print(json.dumps(_failed_line(result), ensure_ascii=False))
-    say(f"{len(failed)} failed rows", quiet=args.quiet)
-    return EXIT_FAILED if failed else EXIT_OK
+        for line in [*(_failed_line(r) for r in failed), *rejected]:
+            print(json.dumps(line, ensure_ascii=False))
+    tail = f", {len(rejected)} rejected rows" if rejected else ""
+    say(f"{len(failed)} failed rows{tail}", quiet=args.quiet)
+    return EXIT_FAILED if failed or rejected else EXIT_OK
 
 
 def _require_batch(handle: Any) -> None:
-    """InvalidBatch (exit 2) for a batch Redis does not know; reads only, writes nothing."""
-    if handle.progress().total == 0:
+    """InvalidBatch (exit 2) for a batch Redis does not know; reads only, writes nothing.
+    (Its meta, not its total: a batch whose every row was rejected has none.)"""
+    if not handle.exists():
         raise InvalidBatch(f"no batch {handle.batch_id!r} (expired or never submitted)")
 
 
 def _cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
-    count = _producer(settings).retry_failed(args.batch_id)
-    print(f"{count} failed jobs enqueued again")
+    report = _producer(settings).retry(args.batch_id, reasons=args.reason)
+    print(f"{report.jobs_sent} failed jobs enqueued again")
+    if report.skipped:
+        why = ", ".join(f"{reason}: {n}" for reason, n in sorted(report.skipped.items()))
+        permanent = sorted(r for r in report.skipped if r in INPUT_REASONS)
+        hint = (
+            f" (bad input fails again as given; fix the rows, or name the reason: "
+            f"--reason {permanent[0]})"
+            if permanent and args.reason is None
+            else ""
+        )
+        print(f"skipped {sum(report.skipped.values())} failed jobs ({why}){hint}", file=sys.stderr)
     return EXIT_OK

@@ -34,9 +34,9 @@ class SlowSender:
         self._inner = inner
         self._delay = delay
 
-    def send(self, messages: Sequence[dict[str, Any]]) -> None:
+    def send(self, messages: Sequence[dict[str, Any]], **options: Any) -> None:
         for message in messages:
-            self._inner.send([message])
+            self._inner.send([message], **options)
             time.sleep(self._delay)
 
 

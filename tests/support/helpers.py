@@ -86,3 +86,20 @@ def wait_for_task_counts(url: str, worker: str, total: float, *, timeout: float 
         what=f"{total:g} tasks counted for {worker} in the Pushgateway",
     )
     return total
+
+
+def queue_depth(client: Any) -> int:
+    """Messages waiting in the job queue, every priority's list together (core.delivery)."""
+    from core.delivery import queue_keys
+
+    pipe = client.pipeline(transaction=False)
+    for key in queue_keys():
+        pipe.llen(key)
+    return sum(int(n) for n in pipe.execute())
+
+
+def queued_raw(client: Any) -> list[bytes]:
+    """The raw messages waiting in the job queue, every priority's list (served first first)."""
+    from core.delivery import queue_keys
+
+    return [raw for key in queue_keys() for raw in client.lrange(key, 0, -1)]
