@@ -52,10 +52,24 @@ def manifest_line(
     return line
 
 
+def rejected_line(batch_id: str, entry: Mapping[str, Any]) -> dict[str, Any]:
+    """A row refused at submission (`--skip-invalid`): no job; its file line says which."""
+    line: dict[str, Any] = {"batch_id": batch_id, "id": None, "job_id": None}
+    line["status"] = "rejected"
+    line.update(dict.fromkeys(_OPTIONAL_FIELDS))
+    line["cached"] = False
+    for name in ("reason", "error", *_IF_PRESENT):
+        line[name] = entry.get(name)
+    return line
+
+
 def manifest_lines(state: BatchState) -> Iterator[dict[str, Any]]:
-    """Every row of the batch in submission order, read in chunks."""
+    """Every row of the batch in submission order (read in chunks), then the rows refused at
+    submission, by their line in the file."""
     for row_id, job_id, record in state.iter_rows():
         yield manifest_line(state.batch_id, row_id, job_id, record)
+    for entry in state.rejected():
+        yield rejected_line(state.batch_id, entry)
 
 
 def manifest_document(state: BatchState) -> bytes:

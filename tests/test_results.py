@@ -124,6 +124,8 @@ def test_manifest_lines_and_object_for_a_batch_nobody_waits_for(
     assert rows["bad"]["reason"] == "unknown_speaker"
     assert rows["new"]["uri"].startswith("s3://") and "text" not in rows["new"]
     assert document["counts"]["succeeded"] == document["counts"]["cached"] == 1
+    assert document["counts"]["rejected"] == 1  # the refused row is in the object too
+    assert [row["line"] for row in document["rows"] if row["status"] == "rejected"] == [5]
     assert document["total"] == len(document["rows"])
 
     # `tts-batch manifest` writes the same lines at any time; exit 1 as a row failed.

@@ -165,7 +165,7 @@ def _finish_submit(args: argparse.Namespace, handle: Any, document: dict[str, An
     if args.manifest is not None:
         from producer.cli.results_commands import write_manifest
 
-        write_manifest(args.manifest, handle, handle.report.rejected)
+        write_manifest(args.manifest, handle)
         pending = sum(r.status == "pending" for r in results)
         say(
             f"manifest: {args.manifest}"

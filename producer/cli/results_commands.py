@@ -11,11 +11,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from core.errors import InvalidBatch, InvalidJob
+from core.errors import InvalidBatch
 from core.settings import Settings
 from producer.cli.errors import EXIT_FAILED, EXIT_OK
 from producer.cli.output import add_output_options
@@ -71,45 +70,25 @@ def _handle(settings: Settings, batch_id: str) -> Any:
 # -- manifest ----------------------------------------------------------------------------------
 
 
-def write_manifest(path: Path, handle: Any, rejected: Sequence[InvalidJob] = ()) -> int:
-    """Write the batch's manifest to `path` (JSON lines); returns the lines written.
-    `rejected`: rows a submission refused; written as lines of their own unless the batch
-    records rejected rows itself (then they are among its lines already)."""
+def write_manifest(path: Path, handle: Any) -> int:
+    """Write the batch's manifest to `path` (JSON lines); returns the lines written."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as out:
-        return _write_lines(out, handle, rejected)
+        return _write_lines(out, handle)
 
 
-def _write_lines(out: TextIO, handle: Any, rejected: Sequence[InvalidJob]) -> int:
+def _write_lines(out: TextIO, handle: Any) -> int:
     count = 0
-    recorded_rejections = False
     for line in handle.manifest():
-        recorded_rejections |= line["status"] == "rejected"
         out.write(json.dumps(line, ensure_ascii=False) + "\n")
         count += 1
-    if not recorded_rejections:
-        for exc in rejected:
-            out.write(json.dumps(_rejected_line(handle.batch_id, exc), ensure_ascii=False) + "\n")
-            count += 1
     return count
-
-
-def _rejected_line(batch_id: str, exc: InvalidJob) -> dict[str, Any]:
-    return {
-        "batch_id": batch_id,
-        "id": None,
-        "line": exc.row,
-        "status": "rejected",
-        "field": exc.field,
-        "reason": exc.reason,
-        "error": str(exc),
-    }
 
 
 def _cmd_manifest(args: argparse.Namespace, settings: Settings) -> int:
     handle = _handle(settings, args.batch_id)
     if args.out is None:
-        _write_lines(sys.stdout, handle, ())
+        _write_lines(sys.stdout, handle)
     else:
         count = write_manifest(args.out, handle)
         print(f"manifest: {args.out} ({count} rows)", file=sys.stderr)
