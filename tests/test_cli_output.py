@@ -255,3 +255,26 @@ def test_bash_hook_completes_through_the_installed_script(tmp_path: Path) -> Non
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["submit"]
+
+
+def test_refused_redis_without_stack_credentials_says_where_they_were_looked_for(
+    tmp_path: Path,
+) -> None:
+    from redis.exceptions import AuthenticationError
+
+    from core.settings import Settings
+    from producer.cli.errors import one_line
+
+    settings = Settings.from_env({"TTS_STACK_DIR": str(tmp_path / ".tts-stack")})
+    line = one_line(AuthenticationError("NOAUTH"), settings)
+    assert str(tmp_path / ".tts-stack" / "credentials.json") in line
+    assert "TTS_STACK_DIR" in line and "\n" not in line
+
+    # With the file there, or a password in the URL, the hint would mislead: none.
+    (tmp_path / ".tts-stack").mkdir()
+    (tmp_path / ".tts-stack" / "credentials.json").write_text("{}", encoding="utf-8")
+    assert "TTS_STACK_DIR" not in one_line(AuthenticationError("NOAUTH"), settings)
+    with_password = Settings.from_env(
+        {"TTS_STACK_DIR": str(tmp_path / "none"), "TTS_BROKER_URL": "redis://:pw@127.0.0.1:1/0"}
+    )
+    assert "TTS_STACK_DIR" not in one_line(AuthenticationError("WRONGPASS"), with_password)

@@ -100,7 +100,8 @@ def one_line(exc: BaseException, settings: Settings | None = None) -> str:
     if isinstance(exc, AuthenticationError):
         where = f" at {mask_url(broker)}" if broker else ""
         return (
-            f"Redis{where} refused the credentials (check the password in TTS_BROKER_URL): {text}"
+            f"Redis{where} refused the credentials (check the password in TTS_BROKER_URL"
+            f"{_no_stack_credentials_hint(settings)}): {text}"
         )
     if isinstance(exc, RedisError | OperationalError):
         if broker:
@@ -128,3 +129,19 @@ def _no_answer(exc: StorageError) -> bool:
 
 def _squash(text: str) -> str:
     return " ".join(text.split())
+
+
+def _no_stack_credentials_hint(settings: Settings | None) -> str:
+    """The local stack's Redis password lives in its state folder (`.tts-stack` under the
+    folder `tts-batch up` ran in): run elsewhere, the CLI finds none and sends no password."""
+    if settings is None or urlsplit(settings.broker_url).password:
+        return ""
+    from devstack.credentials import credentials_path
+
+    path = credentials_path(settings.stack_dir).resolve()
+    if path.exists():
+        return ""
+    return (
+        f"; no local stack credentials at {path}: run where `tts-batch up` ran, or set "
+        "TTS_STACK_DIR to its .tts-stack folder"
+    )
