@@ -278,3 +278,22 @@ def test_refused_redis_without_stack_credentials_says_where_they_were_looked_for
         {"TTS_STACK_DIR": str(tmp_path / "none"), "TTS_BROKER_URL": "redis://:pw@127.0.0.1:1/0"}
     )
     assert "TTS_STACK_DIR" not in one_line(AuthenticationError("WRONGPASS"), with_password)
+
+
+def test_a_reader_that_goes_away_ends_the_cli_quietly() -> None:
+    # `tts-batch ... | head`: the pipe's read end is closed before the CLI writes a byte.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "producer.cli", "completion", "bash"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 141, proc.stderr.decode()[-2000:]
+    assert proc.stderr == b""

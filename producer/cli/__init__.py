@@ -4,7 +4,8 @@ Exit codes: 0 all good; 1 some jobs failed (or are still pending, as when `submi
 --timeout` ends first), objects are missing from the bucket (`fetch`, `verify`; `verify
 --repair` exits 0 once every missing one is enqueued again), or a service (broker, S3,
 Prometheus, Pushgateway) could not be reached; 2 usage, input, settings or local-stack error,
-an unknown batch, or credentials that Redis or S3 refused; 130 interrupted (Ctrl-C).
+an unknown batch, or credentials that Redis or S3 refused; 130 interrupted (Ctrl-C); 141
+when the reader of stdout went away (`| head`), silently, as a program killed by SIGPIPE.
 (`tts-batch worker` becomes Celery: its own codes are core.exit_codes.) Every error ends in one
 line on stderr (`exit_code` maps each kind), never a traceback; a service that cannot be reached
 is named with its URL.
@@ -19,6 +20,7 @@ Each command family lives in its own module with a `register(subparsers)` functi
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -34,6 +36,7 @@ from producer.cli import (
     stack_commands,
 )
 from producer.cli.errors import (
+    EXIT_BROKEN_PIPE,
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -57,6 +60,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tts-batch: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # `tts-batch fetch ID --presign 60 | head`: the reader has what it wanted. Point stdout
+        # at /dev/null so the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except Exception as exc:
         mapped = exit_code(exc)
         if mapped is None:

@@ -20,6 +20,7 @@ from core.settings import LOCAL_PORTS, Settings, mask_url
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_INTERRUPTED = 130  # the shell's code for SIGINT (128 + 2)
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell shows for a reader that went away
 
 STACK_HINT = "is the stack up? `tts-batch up`"
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
