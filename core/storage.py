@@ -54,7 +54,11 @@ class AudioStore:
         self._conditional = True
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> AudioStore:
+    def from_settings(
+        cls, settings: Settings, *, call_seconds: float | None = None, attempts: int = 2
+    ) -> AudioStore:
+        """A store on the configured bucket. `call_seconds` bounds connect and read (a probe
+        that must answer fast, like `tts-batch doctor`); by default 5 and 30 s."""
         if not settings.s3_access_key or not settings.s3_secret_key:
             raise ConfigError(
                 "S3 credentials missing: set TTS_S3_ACCESS_KEY and TTS_S3_SECRET_KEY "
@@ -69,10 +73,10 @@ class AudioStore:
             config=Config(
                 signature_version="s3v4",
                 s3={"addressing_style": "path"},
-                connect_timeout=5,
-                read_timeout=30,
+                connect_timeout=call_seconds or 5,
+                read_timeout=call_seconds or 30,
                 # Retries belong to the task (backoff across deliveries), not to a hidden loop.
-                retries={"max_attempts": 2, "mode": "standard"},
+                retries={"max_attempts": attempts, "mode": "standard"},
             ),
         )
         return cls(client, settings.s3_bucket)
@@ -165,6 +169,18 @@ class AudioStore:
             raise StorageError(f"download of {key} failed: {exc}") from exc
         except BotoCoreError as exc:
             raise StorageError(f"download of {key} failed: {exc}") from exc
+
+    def delete(self, key: str) -> None:
+        try:
+            self._client.delete_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            _raise_if_auth(exc, key)
+            raise StorageError(f"cannot delete {key}: {exc}") from exc
+        except BotoCoreError as exc:
+            raise StorageError(f"S3 endpoint unreachable: {exc}") from exc
+
+    def close(self) -> None:
+        self._client.close()
 
     def download(self, key: str, path: Path) -> None:
         tmp = path.with_name(path.name + ".part")

@@ -125,8 +125,6 @@ def check_redis(t: Targets) -> list[Check]:
 def check_s3(t: Targets) -> list[Check]:
     """The bucket exists (created, as `submit` would, when allowed) and a probe object can be
     written, read back and deleted with these keys."""
-    import boto3
-    from botocore.config import Config
     from botocore.exceptions import BotoCoreError, ClientError
 
     from core.errors import TTSError
@@ -137,35 +135,21 @@ def check_s3(t: Targets) -> list[Check]:
     if not s.s3_access_key or not s.s3_secret_key:
         keys = f"set TTS_S3_ACCESS_KEY and TTS_S3_SECRET_KEY, or {UP}"
         return [Check("s3", False, f"{where}: no S3 keys", keys)]
-    client = boto3.client(
-        "s3",
-        endpoint_url=s.s3_endpoint or None,
-        region_name=s.s3_region,
-        aws_access_key_id=s.s3_access_key,
-        aws_secret_access_key=s.s3_secret_key,
-        config=Config(
-            signature_version="s3v4",
-            s3={"addressing_style": "path"},
-            connect_timeout=CALL_SECONDS,
-            read_timeout=CALL_SECONDS,
-            retries={"max_attempts": 1},
-        ),
-    )
+    store = AudioStore.from_settings(s, call_seconds=CALL_SECONDS, attempts=1)
     key = f"doctor/probe-{uuid.uuid4().hex}"
-    store = AudioStore(client, s.s3_bucket)
     try:
         store.ensure_bucket(create=s.s3_create_bucket)
         store.put(key, b"doctor", fmt="bin", metadata={})
         if store.get(key) != b"doctor":
             return [Check("s3", False, f"{where}: probe object read back altered", "")]
-        client.delete_object(Bucket=s.s3_bucket, Key=key)
+        store.delete(key)
     except (TTSError, BotoCoreError, ClientError, OSError) as exc:
         fix = fix_for(s.s3_endpoint or "https://s3.amazonaws.com", "TTS_S3_ENDPOINT")
         if "credential" in str(exc).lower() or "denied" in str(exc).lower():
             fix = "check TTS_S3_ACCESS_KEY / TTS_S3_SECRET_KEY"
         return [Check("s3", False, f"{where}: {_line(exc)}", fix)]
     finally:
-        client.close()
+        store.close()
     return [Check("s3", True, f"{where}: write, read back and delete ok")]
 
 
