@@ -96,6 +96,19 @@ def worker_pool(settings: Settings, *, processes: int | None = None) -> WorkerPo
     return WorkerPool("prefork", processes or settings.concurrency)
 
 
+def worker_arguments(
+    *, app: str, queue: str, pool: WorkerPool, hostname: str, loglevel: str = "INFO"
+) -> list[str]:
+    """`celery` arguments of a worker node: task events on (Flower, the reconciler's view),
+    the one queue, the pool `worker_pool` chose. `tts-batch worker` and the local stack both
+    start nodes with them."""
+    return [
+        "-A", app, "worker", "-E", "-Q", queue,
+        "--pool", pool.name, "--concurrency", str(pool.concurrency),
+        "--hostname", hostname, "--loglevel", loglevel,
+    ]  # fmt: skip
+
+
 def check_engine_batch(settings: Settings) -> None:
     """Refuse batching settings that cannot be meant."""
     if settings.engine_batch > MAX_ENGINE_BATCH:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.delivery import CELERY_APP, QUEUE, celery_options, worker_pool
+from core.delivery import CELERY_APP, QUEUE, celery_options, worker_arguments, worker_pool
 from core.errors import StackError
 from core.settings import Settings
 from devstack.credentials import StackCredentials, write_secret
@@ -432,20 +432,7 @@ def _worker(name: str, ctx: ServiceContext) -> Service:
             name=name,
             argv=(
                 executable("celery"),
-                "-A",
-                ctx.app,
-                "worker",
-                "-E",
-                "-Q",
-                ctx.queue,
-                "--pool",
-                pool.name,
-                "--concurrency",
-                str(pool.concurrency),
-                "--hostname",
-                hostname,
-                "--loglevel",
-                "INFO",
+                *worker_arguments(app=ctx.app, queue=ctx.queue, pool=pool, hostname=hostname),
             ),
             env=ctx.env,
             # `name@` rather than the full node name: a worker started as `name@%h` by an older

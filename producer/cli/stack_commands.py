@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from core.delivery import CELERY_APP, QUEUE, worker_pool
+from core.delivery import CELERY_APP, QUEUE, worker_arguments, worker_pool
 from core.exit_codes import WORKER_EXIT_CODES
 from core.settings import LOCAL_PORTS, Settings
 from producer.cli.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ServiceUnreachable
@@ -227,20 +227,9 @@ def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         sys.executable,
         "-m",
         "celery",
-        "-A",
-        CELERY_APP,
-        "worker",
-        "-E",
-        "-Q",
-        QUEUE,
-        "--pool",
-        pool.name,
-        "--concurrency",
-        str(pool.concurrency),
-        "--hostname",
-        hostname,
-        "--loglevel",
-        args.loglevel,
+        *worker_arguments(
+            app=CELERY_APP, queue=QUEUE, pool=pool, hostname=hostname, loglevel=args.loglevel
+        ),
     ]
     env = {**os.environ, **settings.to_env()}
     os.execvpe(command[0], command, env)
