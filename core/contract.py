@@ -32,7 +32,17 @@ ROW_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
 BATCH_ID_PATTERN = ROW_ID_PATTERN
 # Language codes the engines understand; None lets the engine pick from the speaker.
 LANGUAGES = ("zh", "en", "ja", "yue", "ko")
-FORMATS = ("wav", "flac", "ogg")
+FORMATS = ("wav", "flac", "ogg", "opus", "mp3")
+# Output options (issue 14). None or 0 is today's output: the engine's own rate, no loudness
+# change, no silence; such a job keeps its old fingerprint and content key.
+SAMPLE_RATES = (8000, 16000, 22050, 24000, 44100, 48000)
+# libsndfile's Opus encoder takes only these rates (Opus itself runs at 48 kHz inside).
+OPUS_RATES = (8000, 16000, 24000, 48000)
+LOUDNESS_RANGE = (-40.0, -5.0)  # target integrated loudness, LUFS (ITU-R BS.1770)
+TRUE_PEAK_RANGE = (-9.0, 0.0)  # true-peak ceiling, dBTP, applied with a loudness target
+DEFAULT_TRUE_PEAK = -1.0
+SILENCE_MS_MAX = 10_000
+SPEED_RANGE = (0.5, 2.0)  # a factor on the engine's own speaking rate
 
 # A fixed namespace so that task ids derived from (batch, row) are the same on every machine.
 _TASK_ID_NAMESPACE = uuid.UUID("5d0c7c55-4f0e-4f86-9a4e-7d1b5d0a9f11")
@@ -66,12 +76,33 @@ class JobSpec:
     speaker: str
     lang: str | None
     fmt: str
+    sample_rate: int | None = None
+    loudness: float | None = None
+    true_peak: float = DEFAULT_TRUE_PEAK
+    lead_silence_ms: int = 0
+    trail_silence_ms: int = 0
+    speed: float | None = None
+
+    def options(self) -> dict[str, Any]:
+        """The output options this job sets (message fields), leaving out the defaults."""
+        chosen: dict[str, Any] = {
+            "sample_rate": self.sample_rate,
+            "loudness": self.loudness,
+            "lead_silence_ms": self.lead_silence_ms or None,
+            "trail_silence_ms": self.trail_silence_ms or None,
+            "speed": self.speed,
+        }
+        if self.loudness is not None:
+            # The ceiling only matters under a loudness target.
+            chosen["true_peak"] = self.true_peak
+        return {name: value for name, value in chosen.items() if value is not None}
 
     def fingerprint(self) -> str:
         """A hash of the request alone (engine-independent); equal requests share a job."""
-        payload = json.dumps(
-            [SCHEMA_VERSION, self.text, self.speaker, self.lang, self.fmt], ensure_ascii=False
-        )
+        fields: list[Any] = [SCHEMA_VERSION, self.text, self.speaker, self.lang, self.fmt]
+        if self.options():
+            fields.append(self.options())
+        payload = json.dumps(fields, ensure_ascii=False, sort_keys=True)
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
@@ -136,7 +167,75 @@ def validate_spec(
             field="format",
             row=row,
         )
-    return JobSpec(text=normalized, speaker=speaker, lang=lang, fmt=str(fmt).lower())
+    fmt = str(fmt).lower()
+    rate = _option_number(fields, "sample_rate", row=row, whole=True)
+    if rate is not None and rate not in SAMPLE_RATES:
+        raise _bad_option(
+            "sample_rate", f"{rate:g} Hz is not offered; choose one of {_listed(SAMPLE_RATES)}", row
+        )
+    if fmt == "opus" and rate is not None and rate not in OPUS_RATES:
+        raise _bad_option("sample_rate", f"opus takes {_listed(OPUS_RATES)} Hz, not {rate:g}", row)
+    loudness = _option_number(fields, "loudness", row=row, bounds=LOUDNESS_RANGE, unit="LUFS")
+    true_peak = _option_number(fields, "true_peak", row=row, bounds=TRUE_PEAK_RANGE, unit="dBTP")
+    lead = _option_number(
+        fields, "lead_silence_ms", row=row, whole=True, bounds=(0, SILENCE_MS_MAX), unit="ms"
+    )
+    trail = _option_number(
+        fields, "trail_silence_ms", row=row, whole=True, bounds=(0, SILENCE_MS_MAX), unit="ms"
+    )
+    speed = _option_number(fields, "speed", row=row, bounds=SPEED_RANGE, unit="x")
+    return JobSpec(
+        text=normalized,
+        speaker=speaker,
+        lang=lang,
+        fmt=fmt,
+        sample_rate=None if rate is None else int(rate),
+        loudness=loudness,
+        true_peak=DEFAULT_TRUE_PEAK if true_peak is None else true_peak,
+        lead_silence_ms=int(lead or 0),
+        trail_silence_ms=int(trail or 0),
+        # 1.0 is the engine's own pace: the same audio as no speed at all, so the same key.
+        speed=None if speed in (None, 1.0) else speed,
+    )
+
+
+def _option_number(
+    fields: Mapping[str, Any],
+    name: str,
+    *,
+    row: int | str | None,
+    whole: bool = False,
+    bounds: tuple[float, float] | None = None,
+    unit: str = "",
+) -> float | None:
+    """An optional numeric option: a JSON number or a CSV cell's text; blank or null is unset."""
+    value = fields.get(name)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    number: float | None = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        number = float(value)
+    elif isinstance(value, str) and len(value) <= 32:
+        try:
+            number = float(value.strip())
+        except ValueError:
+            number = None
+    kind = "a whole number" if whole else "a number"
+    if number is None or not math.isfinite(number) or (whole and not number.is_integer()):
+        raise _bad_option(name, f"must be {kind}, got {_short(value)}", row)
+    if bounds is not None and not bounds[0] <= number <= bounds[1]:
+        raise _bad_option(
+            name, f"{number:g} is out of range {bounds[0]:g}..{bounds[1]:g} {unit}".rstrip(), row
+        )
+    return number
+
+
+def _bad_option(name: str, problem: str, row: int | str | None) -> InvalidJob:
+    return InvalidJob(f"{name} {problem}", reason="unsupported_format", field=name, row=row)
+
+
+def _listed(values: tuple[int, ...]) -> str:
+    return ", ".join(str(v) for v in values)
 
 
 def _known(speakers: frozenset[str] | set[str] | tuple[str, ...]) -> str:
@@ -194,6 +293,7 @@ def build_message(
         "speaker": spec.speaker,
         "lang": spec.lang,
         "format": spec.fmt,
+        **spec.options(),
         "enqueued_at": enqueued_at,
         "send_id": new_send_id(),
     }
@@ -307,19 +407,23 @@ def _short(value: Any, limit: int = 40) -> str:
 
 def content_key(identity: Mapping[str, str | int], spec: JobSpec) -> str:
     """The hash of everything that changes the audio: the engine's identity (engine, model,
-    sample rate, options) and the request (speaker, language, normalized text, format)."""
-    payload = json.dumps(
-        {
-            "v": SCHEMA_VERSION,
-            "engine": dict(identity),
-            "speaker": spec.speaker,
-            "lang": spec.lang,
-            "text": spec.text,
-            "format": spec.fmt,
-        },
-        sort_keys=True,
-        ensure_ascii=False,
-    )
+    sample rate, options) and the request (speaker, language, normalized text, format, and
+    the output options that differ from the engine's own output)."""
+    fields: dict[str, Any] = {
+        "v": SCHEMA_VERSION,
+        "engine": dict(identity),
+        "speaker": spec.speaker,
+        "lang": spec.lang,
+        "text": spec.text,
+        "format": spec.fmt,
+    }
+    options = spec.options()
+    if options.get("sample_rate") == identity.get("sample_rate"):
+        # The engine's own rate asked for by name: the same bytes as no rate at all.
+        options.pop("sample_rate", None)
+    if options:
+        fields["options"] = options
+    payload = json.dumps(fields, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 

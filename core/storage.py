@@ -19,7 +19,13 @@ from botocore.exceptions import BotoCoreError, ClientError
 from core.errors import ConfigError, ObjectMissing, StorageAuthError, StorageError
 from core.settings import Settings
 
-CONTENT_TYPES = {"wav": "audio/wav", "flac": "audio/flac", "ogg": "audio/ogg"}
+CONTENT_TYPES = {
+    "wav": "audio/wav",
+    "flac": "audio/flac",
+    "ogg": "audio/ogg",
+    "opus": "audio/ogg; codecs=opus",
+    "mp3": "audio/mpeg",
+}
 # Error codes that mean "these credentials will not do", whatever the HTTP status a server gives
 # them (AWS answers some with 400). A HEAD response has no body, so there only the 403 tells.
 AUTH_ERROR_CODES = frozenset(

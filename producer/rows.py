@@ -1,7 +1,7 @@
 """Reading job rows from CSV (with a header) or JSONL files, streaming, one row at a time.
 
 Each row comes with its line number so that an error can name it. Fields: id, text, speaker,
-and optional lang, format. Unknown columns are ignored.
+and optional lang, format and the output options (core.contract). Unknown columns are ignored.
 """
 
 from __future__ import annotations
@@ -16,7 +16,16 @@ from typing import Any
 from core.errors import InvalidBatch, InvalidJob
 
 REQUIRED_FIELDS = ("id", "text", "speaker")
-OPTIONAL_FIELDS = ("lang", "format")
+OPTIONAL_FIELDS = (
+    "lang",
+    "format",
+    "sample_rate",
+    "loudness",
+    "true_peak",
+    "lead_silence_ms",
+    "trail_silence_ms",
+    "speed",
+)
 # One CSV field may hold a long text, but not an unbounded one: the contract caps text far below.
 _CSV_FIELD_LIMIT = 1 << 20
 

@@ -47,7 +47,7 @@ def test_normalize_nfc_controls_and_whitespace() -> None:
         ({"speaker": "nobody"}, "speaker", "unknown_speaker"),
         ({"speaker": None}, "speaker", "unknown_speaker"),
         ({"lang": "fr"}, "lang", "invalid_text"),
-        ({"format": "mp3"}, "format", "unsupported_format"),
+        ({"format": "aiff"}, "format", "unsupported_format"),
     ],
 )
 def test_invalid_fields_name_row_and_field(

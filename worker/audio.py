@@ -12,6 +12,10 @@ _FORMATS = {
     "wav": ("WAV", "PCM_16"),
     "flac": ("FLAC", "PCM_16"),
     "ogg": ("OGG", "VORBIS"),
+    # libsndfile 1.2.2 (bundled with soundfile) writes Opus in Ogg at 8/16/24/48 kHz only
+    # (worker.render picks the rate) and MP3 through LAME.
+    "opus": ("OGG", "OPUS"),
+    "mp3": ("MP3", "MPEG_LAYER_III"),
 }
 
 

@@ -33,11 +33,12 @@ from core.errors import EngineFailure, InvalidJob, JobTimeout, StorageError
 from core.settings import Settings
 from core.storage import AudioStore, StoredObject
 from worker import fault_points
-from worker.audio import duration_seconds, encode
+from worker.audio import duration_seconds
 from worker.batch_manifest import publish_if_finished
 from worker.engine_gate import EngineGate
 from worker.lease import ContentLease
 from worker.push import WorkerMetrics
+from worker.render import Rendered, render
 from worker.synth import Synthesizer
 
 
@@ -96,6 +97,7 @@ def run_job(
 ) -> dict[str, Any]:
     """Produce (or find) the audio of a validated job and record the result in its batch.
     Past `deadline` (time.monotonic(); None: no deadline) the engine raises JobTimeout."""
+    check_engine_options(ctx, job)
     key = content_key(ctx.engine.identity(), job.spec)
     okey = object_key(key, job.spec.fmt)
     fault_points.reached(ctx.settings, fault_points.LOOKUP)
@@ -133,29 +135,44 @@ def _lookup(ctx: WorkerContext, okey: str) -> StoredObject | None:
     return existing
 
 
+def check_engine_options(ctx: WorkerContext, job: JobMessage) -> None:
+    """Refuse a speed this engine cannot honour (InvalidJob naming the field)."""
+    if job.spec.speed is not None and not getattr(ctx.engine, "supports_speed", False):
+        raise InvalidJob(
+            f"speed is not supported by the {ctx.engine.name} engine (espeak has it)",
+            reason="unsupported_format",
+            field="speed",
+        )
+
+
 def _synthesize_and_record(
     ctx: WorkerContext, job: JobMessage, okey: str, *, attempt: int, deadline: float | None
 ) -> dict[str, Any]:
     spec = job.spec
+    # Engines without a speed are called exactly as before (no new keyword).
+    speed = {} if spec.speed is None else {"speed": spec.speed}
     try:
         with ctx.gate.enter(deadline=deadline):
             # Engine time, not the turn waited for an engine that takes one job at a time.
             started = time.perf_counter()
             samples = ctx.engine.synthesize(
-                spec.text, speaker=spec.speaker, lang=spec.lang, deadline=deadline
+                spec.text, speaker=spec.speaker, lang=spec.lang, deadline=deadline, **speed
             )
-        data = encode(samples, sample_rate=ctx.engine.sample_rate, fmt=spec.fmt)
+        inference_seconds = time.perf_counter() - started
+        rendered = render(samples, source_rate=ctx.engine.sample_rate, spec=spec)
     except (InvalidJob, JobTimeout, SoftTimeLimitExceeded):
         raise
     except Exception as exc:
         raise EngineFailure(f"{type(exc).__name__}: {exc}") from exc
-    inference_seconds = time.perf_counter() - started
-    audio_seconds = duration_seconds(samples, ctx.engine.sample_rate)
     ctx.metrics.synthesized(
-        seconds=inference_seconds, audio_seconds=audio_seconds, characters=len(spec.text)
+        seconds=inference_seconds,
+        audio_seconds=duration_seconds(samples, ctx.engine.sample_rate),
+        characters=len(spec.text),
     )
+    audio_seconds = rendered.seconds
+    data = rendered.data
     started = time.perf_counter()
-    written = ctx.store.put(okey, data, fmt=spec.fmt, metadata=_metadata(ctx, job, audio_seconds))
+    written = ctx.store.put(okey, data, fmt=spec.fmt, metadata=_metadata(ctx, job, rendered))
     ctx.metrics.storage.labels(op="upload").observe(time.perf_counter() - started)
     if not written:
         # The upload is conditional: another writer stored this key first (our lease lapsed
@@ -266,18 +283,20 @@ def message_ids(message: Any) -> tuple[str | None, str | None]:
     return (job_id if ok(job_id) else None, batch_id if ok(batch_id) else None)
 
 
-def _metadata(ctx: WorkerContext, job: JobMessage, audio_seconds: float) -> dict[str, str]:
+def _metadata(ctx: WorkerContext, job: JobMessage, rendered: Rendered) -> dict[str, str]:
     # S3 metadata must be ASCII: the speaker id is percent-free hex-encoded UTF-8 when needed.
     speaker = job.spec.speaker
+    extra = {} if rendered.loudness is None else {"loudness-lufs": f"{rendered.loudness:.2f}"}
     return {
         "engine": ctx.engine.name,
         "model": ctx.engine.model_id,
         "speaker": speaker if speaker.isascii() else speaker.encode("utf-8").hex(),
         "speaker-encoding": "ascii" if speaker.isascii() else "utf-8-hex",
         "lang": job.spec.lang or "",
-        "sample-rate": str(ctx.engine.sample_rate),
-        "duration-seconds": f"{audio_seconds:.3f}",
+        "sample-rate": str(rendered.sample_rate),
+        "duration-seconds": f"{rendered.seconds:.3f}",
         "text-sha256": hashlib.sha256(job.spec.text.encode("utf-8")).hexdigest(),
+        **extra,
     }
 
 

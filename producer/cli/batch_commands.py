@@ -57,6 +57,10 @@ def register(sub: Any) -> None:
         default=DEFAULT_PRIORITY,
         help="queue order: workers take high before normal before low (default normal)",
     )
+    # Per-batch output defaults; a row's own column or field wins (core.contract checks them).
+    p.add_argument("--format", dest="out_format", help="wav, flac, ogg, opus or mp3")
+    p.add_argument("--rate", dest="out_rate", help="sample rate in Hz (8000 ... 48000)")
+    p.add_argument("--loudness", dest="out_loudness", help="target loudness, LUFS (-40 .. -5)")
     p.set_defaults(run=_cmd_submit)
 
     p = sub.add_parser("status", help="progress of a batch")
@@ -112,6 +116,11 @@ def _cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
         skip_invalid=args.skip_invalid,
         on_enqueued=count_progress(sys.stderr, "enqueue", quiet=args.quiet),
         priority=args.priority,
+        defaults={
+            "format": args.out_format,
+            "sample_rate": args.out_rate,
+            "loudness": args.out_loudness,
+        },
     )
     report = handle.report
     say(_submit_summary(handle.batch_id, report, args.priority), quiet=args.quiet)

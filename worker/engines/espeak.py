@@ -33,6 +33,8 @@ class EspeakSynthesizer:
 
     name = "espeak"
     sample_rate = 22050
+    # A job's `speed` scales the words per minute (-s); other engines refuse it.
+    supports_speed = True
 
     def __init__(self, *, binary: str = "espeak-ng", words_per_minute: int = 160) -> None:
         path = shutil.which(binary)
@@ -63,7 +65,13 @@ class EspeakSynthesizer:
         }
 
     def synthesize(
-        self, text: str, *, speaker: str, lang: str | None, deadline: float | None = None
+        self,
+        text: str,
+        *,
+        speaker: str,
+        lang: str | None,
+        deadline: float | None = None,
+        speed: float = 1.0,
     ) -> np.ndarray:
         if speaker not in _ESPEAK_SPEAKERS:
             raise InvalidJob(f"espeak has no speaker {speaker!r}", reason="unknown_speaker")
@@ -78,7 +86,16 @@ class EspeakSynthesizer:
         # the text is spoken (or skipped) as text, never interpreted as SSML.
         try:
             proc = subprocess.run(
-                [self._binary, "--stdout", "-b", "1", "-v", voice, "-s", str(self._wpm)],
+                [
+                    self._binary,
+                    "--stdout",
+                    "-b",
+                    "1",
+                    "-v",
+                    voice,
+                    "-s",
+                    str(round(self._wpm * speed)),
+                ],
                 input=text.encode("utf-8"),
                 capture_output=True,
                 check=False,
