@@ -94,11 +94,11 @@ def test_silence_lengths_within_one_frame_and_lead_is_silent(fmt: str) -> None:
     speech = round(samples.shape[0] * rate / ENGINE_RATE)
     lead, trail = round(0.750 * rate), round(0.333 * rate)
     assert abs(audio.shape[0] - (lead + speech + trail)) <= 1
-    head = np.abs(audio[: lead - 1])
     if fmt in ("wav", "flac"):
-        assert not head.any()  # digital silence, exact zeros
+        assert not audio[: lead - 1].any()  # digital silence, exact zeros
     else:
-        assert head.max() < 10 ** (-60 / 20)  # a lossy codec's noise, under -60 dBFS
+        # A lossy codec smears the onset back a few ms (pre-echo); before that, under -60 dBFS.
+        assert np.abs(audio[: lead - round(0.010 * rate)]).max() < 1e-3
     # The speech starts where the silence ends (within one frame), not later.
     first = int(np.argmax(np.abs(audio) > 1e-3))
     assert lead - 1 <= first <= lead + round(0.02 * rate)
