@@ -94,7 +94,7 @@ def test_defaults_are_the_old_output_and_rows_win_over_batch_defaults(
 
 
 def test_bad_options_at_submit_are_row_and_field_errors(settings: Settings) -> None:
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"id": "ok", "text": "Hello", "speaker": "英文女", "loudness": -16},
         {"id": "loud", "text": "Hello", "speaker": "英文女", "loudness": 3},
         {"id": "rate", "text": "Hello", "speaker": "英文女", "sample_rate": 11025},
