@@ -214,15 +214,20 @@ def _option_number(
         return None
     number: float | None = None
     if isinstance(value, int | float) and not isinstance(value, bool):
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an int too large for a float (10**400) is out of every range
+            number = math.inf
     elif isinstance(value, str) and len(value) <= 32:
         try:
             number = float(value.strip())
         except ValueError:
             number = None
     kind = "a whole number" if whole else "a number"
-    if number is None or not math.isfinite(number) or (whole and not number.is_integer()):
+    if number is None or math.isnan(number) or (whole and not number.is_integer()):
         raise _bad_option(name, f"must be {kind}, got {_short(value)}", row)
+    if math.isinf(number):
+        raise _bad_option(name, f"is far out of range, got {_short(value)}", row)
     if bounds is not None and not bounds[0] <= number <= bounds[1]:
         raise _bad_option(
             name, f"{number:g} is out of range {bounds[0]:g}..{bounds[1]:g} {unit}".rstrip(), row
@@ -425,6 +430,35 @@ def content_key(identity: Mapping[str, str | int], spec: JobSpec) -> str:
         fields["options"] = options
     payload = json.dumps(fields, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def synthesis_key(
+    identity: Mapping[str, str | int], spec: JobSpec, *, lexicon: str | None = None
+) -> str:
+    """The hash of everything that changes the speech itself, before any rendition: the
+    engine's identity, speaker, language, normalized text and speed. `lexicon` is the slot for
+    the version (content hash) of a lexicon applied to the text; None while none applies.
+    Renditions of one synthesis key (format, rate, loudness, silence) share one master."""
+    fields: dict[str, Any] = {
+        "v": SCHEMA_VERSION,
+        "kind": "master",
+        "engine": dict(identity),
+        "speaker": spec.speaker,
+        "lang": spec.lang,
+        "text": spec.text,
+        "speed": spec.speed,
+    }
+    if lexicon is not None:
+        fields["lexicon"] = lexicon
+    payload = json.dumps(fields, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def master_key(key: str) -> str:
+    """Where the master (lossless FLAC at the engine's rate) of a synthesis key lives."""
+    if not re.fullmatch(r"[0-9a-f]{64}", key):
+        raise ValueError(f"not a synthesis key: {key!r}")
+    return f"masters/{key[:2]}/{key}.flac"
 
 
 def object_key(key: str, fmt: str) -> str:

@@ -32,5 +32,22 @@ def encode(samples: np.ndarray, *, sample_rate: int, fmt: str) -> bytes:
     return buffer.getvalue()
 
 
+def encode_master(samples: np.ndarray, *, sample_rate: int) -> bytes:
+    """The stored master of a synthesis: FLAC, 24-bit, at the engine's rate. 24 bits keep the
+    engine's float output well below what any 16-bit rendition can show."""
+    audio = np.clip(np.asarray(samples, dtype=np.float32).reshape(-1), -1.0, 1.0)
+    if audio.size == 0 or not np.isfinite(audio).all():
+        raise ValueError("the engine returned empty or non-finite audio")
+    buffer = io.BytesIO()
+    sf.write(buffer, audio, sample_rate, format="FLAC", subtype="PCM_24")
+    return buffer.getvalue()
+
+
+def decode_master(data: bytes) -> tuple[np.ndarray, int]:
+    """A master's float mono samples and its rate."""
+    samples, rate = sf.read(io.BytesIO(data), dtype="float32")
+    return np.asarray(samples, dtype=np.float32).reshape(-1), int(rate)
+
+
 def duration_seconds(samples: np.ndarray, sample_rate: int) -> float:
     return float(np.asarray(samples).reshape(-1).shape[0]) / float(sample_rate)

@@ -1,8 +1,10 @@
 """One job's steps, from message to stored audio; no Celery app or task here (only its
 time-limit exception is let through).
 
-validate -> content key -> lease -> cached? -> synthesize -> encode -> conditional upload ->
-record -> metrics.
+validate -> content key -> lease -> cached? -> speech (the stored master, or synthesize and
+store it: worker/master.py) -> render (worker/render.py) -> conditional upload -> record ->
+metrics. Two cache levels: a rendition (format, rate, loudness, silence) under its content key,
+and the speech it is made from under its synthesis key.
 Bad input raises InvalidJob, an engine that fails on valid input EngineFailure (both
 PermanentError: never retried); transient ones raise TransientError for the caller to retry.
 """
@@ -33,10 +35,10 @@ from core.errors import EngineFailure, InvalidJob, JobTimeout, StorageError
 from core.settings import Settings
 from core.storage import AudioStore, StoredObject
 from worker import fault_points
-from worker.audio import duration_seconds
 from worker.batch_manifest import publish_if_finished
 from worker.engine_gate import EngineGate
 from worker.lease import ContentLease
+from worker.master import speech_for
 from worker.push import WorkerMetrics
 from worker.render import Rendered, render
 from worker.synth import Synthesizer
@@ -149,26 +151,14 @@ def _synthesize_and_record(
     ctx: WorkerContext, job: JobMessage, okey: str, *, attempt: int, deadline: float | None
 ) -> dict[str, Any]:
     spec = job.spec
-    # Engines without a speed are called exactly as before (no new keyword).
-    speed = {} if spec.speed is None else {"speed": spec.speed}
+    # The second cache level: this rendition is new, but its speech may be stored already.
+    speech = speech_for(ctx, job, deadline=deadline)
     try:
-        with ctx.gate.enter(deadline=deadline):
-            # Engine time, not the turn waited for an engine that takes one job at a time.
-            started = time.perf_counter()
-            samples = ctx.engine.synthesize(
-                spec.text, speaker=spec.speaker, lang=spec.lang, deadline=deadline, **speed
-            )
-        inference_seconds = time.perf_counter() - started
-        rendered = render(samples, source_rate=ctx.engine.sample_rate, spec=spec)
+        rendered = render(speech.samples, source_rate=ctx.engine.sample_rate, spec=spec)
     except (InvalidJob, JobTimeout, SoftTimeLimitExceeded):
         raise
     except Exception as exc:
-        raise EngineFailure(f"{type(exc).__name__}: {exc}") from exc
-    ctx.metrics.synthesized(
-        seconds=inference_seconds,
-        audio_seconds=duration_seconds(samples, ctx.engine.sample_rate),
-        characters=len(spec.text),
-    )
+        raise EngineFailure(f"rendition: {type(exc).__name__}: {exc}") from exc
     audio_seconds = rendered.seconds
     data = rendered.data
     started = time.perf_counter()
@@ -182,6 +172,7 @@ def _synthesize_and_record(
         if existing is None:
             raise StorageError(f"{okey} was refused as existing, then not found")
         return _cached(ctx, job, existing, attempt=attempt)
+    ctx.metrics.rendered(fmt=spec.fmt, source=speech.source)
     fault_points.reached(ctx.settings, fault_points.RECORD)
     return _record(ctx, job, okey, status="succeeded", audio_seconds=audio_seconds, attempt=attempt)
 

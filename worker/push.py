@@ -102,6 +102,15 @@ class WorkerMetrics:
         self.characters = Counter(
             "tts_characters_total", "Characters of text synthesized.", ["engine"], registry=r
         )
+        # Apart from syntheses (tts_inference_duration_seconds_count): a rendition made from a
+        # stored master cost no engine time.
+        self.renditions = Counter(
+            "tts_renditions_total",
+            "Renditions encoded and stored, by format and source (synthesis: made right after "
+            "a synthesis; master: from a stored master, no engine call).",
+            ["format", "source"],
+            registry=r,
+        )
         # Gauges of a node: the highest over its live processes (a dead one's value goes).
         self.info = Gauge(
             "tts_worker_info",
@@ -176,6 +185,9 @@ class WorkerMetrics:
         self.inference.labels(engine=self.engine).observe(seconds)
         self.audio_seconds.labels(engine=self.engine).inc(audio_seconds)
         self.characters.labels(engine=self.engine).inc(characters)
+
+    def rendered(self, *, fmt: str, source: str) -> None:
+        self.renditions.labels(format=fmt, source=source).inc()
 
     def decode_step(self, rows: int) -> None:
         """One batched decoding step of `rows` jobs, each of which produced a speech token."""

@@ -118,10 +118,20 @@ BAD_ROWS: list[Bad] = [
     Bad("unknown_language", {"lang": "klingon"}, "lang", "invalid_text"),
     Bad("language_number", {"lang": 7}, "lang", "invalid_text"),
     Bad("language_list", {"lang": ["en"]}, "lang", "invalid_text"),
-    Bad("unknown_format", {"format": "mp3"}, "format", "unsupported_format"),
+    Bad("unknown_format", {"format": "aiff"}, "format", "unsupported_format"),
     Bad("format_path", {"format": "../../etc/passwd"}, "format", "unsupported_format"),
     Bad("format_list", {"format": ["wav"]}, "format", "unsupported_format"),
     Bad("format_huge_number", {"format": 2**4096}, "format", "unsupported_format"),
+    # Output options: numbers in bounds, or refused by field.
+    Bad("rate_not_offered", {"sample_rate": 11025}, "sample_rate", "unsupported_format"),
+    Bad("rate_path", {"sample_rate": "../../x"}, "sample_rate", "unsupported_format"),
+    Bad("loudness_huge_number", {"loudness": 2**4096}, "loudness", "unsupported_format"),
+    Bad("loudness_positive", {"loudness": 6}, "loudness", "unsupported_format"),
+    Bad("silence_negative", {"lead_silence_ms": -5}, "lead_silence_ms", "unsupported_format"),
+    Bad(
+        "silence_an_hour", {"trail_silence_ms": 3_600_000}, "trail_silence_ms", "unsupported_format"
+    ),
+    Bad("speed_list", {"speed": [2]}, "speed", "unsupported_format"),
     # Ids (row ids for the producer; job ids for the worker).
     Bad("id_dot_dot", {"id": "../../etc/passwd"}, "id", "bad_message"),
     Bad("id_slash", {"id": "a/b"}, "id", "bad_message"),
