@@ -147,3 +147,24 @@ def test_new_formats_have_object_keys() -> None:
     key = "ab" * 32
     assert object_key(key, "mp3").endswith(".mp3")
     assert object_key(key, "opus").endswith(".opus")
+
+
+def test_the_renditions_example_is_valid() -> None:
+    from pathlib import Path
+
+    from core.contract import synthesis_key
+    from producer.rows import read_rows
+
+    example = Path(__file__).resolve().parent.parent / "examples" / "renditions.csv"
+    specs = []
+    for line, fields in read_rows(example):
+        assert isinstance(fields, dict), fields
+        specs.append(validate_spec(fields, speakers=SPEAKERS, max_chars=500, row=line))
+    assert [(s.fmt, s.sample_rate, s.loudness) for s in specs] == [
+        ("wav", 48000, -16.0),
+        ("wav", 8000, -18.0),
+        ("mp3", 24000, -16.0),
+    ]
+    # One announcement in three renditions: one synthesis key, three content keys.
+    assert len({synthesis_key(IDENTITY, s) for s in specs}) == 1
+    assert len({content_key(IDENTITY, s) for s in specs}) == 3

@@ -25,7 +25,9 @@ def register(sub: Any) -> None:
 
     p = sub.add_parser("submit", help="validate and enqueue a CSV or JSONL file")
     p.add_argument(
-        "file", type=Path, help="CSV with a header, or JSONL: id,text,speaker[,lang,format]"
+        "file",
+        type=Path,
+        help="CSV with a header, or JSONL: id,text,speaker[,lang,format,sample_rate,loudness,...]",
     )
     p.add_argument(
         "--batch-id", help="name of the batch (resubmitting it enqueues only what is not done)"
