@@ -141,7 +141,8 @@ def check_engine_options(ctx: WorkerContext, job: JobMessage) -> None:
     """Refuse a speed this engine cannot honour (InvalidJob naming the field)."""
     if job.spec.speed is not None and not getattr(ctx.engine, "supports_speed", False):
         raise InvalidJob(
-            f"speed is not supported by the {ctx.engine.name} engine (espeak has it)",
+            f"speed is not supported by the {ctx.engine.name} engine"
+            " (espeak and cosyvoice have it)",
             reason="unsupported_format",
             field="speed",
         )

@@ -163,3 +163,15 @@ def test_unedited_copy_gives_the_same_audio(
     baseline = tiny_engine.synthesize(EN, speaker="英文女", lang="en")
     again = CosyVoiceSynthesizer(str(copy_model()), threads=1)
     assert np.array_equal(again.synthesize(EN, speaker="英文女", lang="en"), baseline)
+
+
+def test_speed_stretches_the_speech(tiny_engine: CosyVoiceSynthesizer) -> None:
+    # The same tokens (same seed), the mel resampled before the vocoder: about half as long at
+    # speed 2, as upstream's inference_sft(speed=2) would be.
+    normal = tiny_engine.synthesize(EN, speaker="英文男", lang="en")
+    fast = tiny_engine.synthesize(EN, speaker="英文男", lang="en", speed=2.0)
+    slow = tiny_engine.synthesize(EN, speaker="英文男", lang="en", speed=0.5)
+    hop = 256  # samples per mel frame (22050 Hz)
+    assert abs(fast.size - normal.size / 2) <= 2 * hop, (fast.size, normal.size)
+    assert abs(slow.size - normal.size * 2) <= 2 * hop, (slow.size, normal.size)
+    assert np.isfinite(fast).all() and np.abs(fast).max() > 0

@@ -61,6 +61,7 @@ class SpeechJob:
     lang: str | None
     generator: Any  # torch.Generator: every random draw of this job
     deadline: float | None = None  # time.monotonic(); past it the job fails with `timeout`
+    speed: float = 1.0  # a factor on the pace: the mel is stretched before the vocoder
     future: Future[np.ndarray] = field(default_factory=Future)
     times: StageTimes = field(default_factory=StageTimes)
     chunks: list[dict[str, Any]] = field(default_factory=list)  # model inputs still to speak
@@ -94,7 +95,7 @@ class Voice:
         with drawing_from(job.generator):
             mel = self.stages.flow_mel(tokens, model_input)
             vocoded = time.perf_counter()
-            speech = self.stages.vocode(mel)
+            speech = self.stages.vocode(mel, job.speed)
         job.times.flow += vocoded - started
         job.times.hift += time.perf_counter() - vocoded
         return speech  # type: ignore[no-any-return]

@@ -69,6 +69,8 @@ class CosyVoiceSynthesizer:
     """
 
     name = "cosyvoice"
+    # A job's `speed`, as upstream SFT inference takes it (worker.pipeline checks this flag).
+    supports_speed = True
 
     def __init__(
         self,
@@ -144,11 +146,18 @@ class CosyVoiceSynthesizer:
         }
 
     def synthesize(
-        self, text: str, *, speaker: str, lang: str | None, deadline: float | None = None
+        self,
+        text: str,
+        *,
+        speaker: str,
+        lang: str | None,
+        deadline: float | None = None,
+        speed: float = 1.0,
     ) -> np.ndarray:
         """Speak `text` in `speaker`'s voice; long text is split into sentence chunks of at most
         about 80 text tokens (the frontend's own limits) and the chunks' audio concatenated.
-        Past `deadline` (time.monotonic()) the job fails with JobTimeout."""
+        `speed` stretches the speech in time (upstream SFT's speed: the mel is resampled before
+        the vocoder). Past `deadline` (time.monotonic()) the job fails with JobTimeout."""
         import torch
 
         if speaker not in self._speakers:
@@ -162,7 +171,12 @@ class CosyVoiceSynthesizer:
         # from its own generator with a fixed seed, so the same request gives the same audio
         # (a redelivered job, a re-run batch) whatever else the engine decodes with it.
         job = SpeechJob(
-            text, speaker, lang, torch.Generator().manual_seed(self._seed), deadline=deadline
+            text,
+            speaker,
+            lang,
+            torch.Generator().manual_seed(self._seed),
+            deadline=deadline,
+            speed=speed,
         )
         if self._scheduler is not None:
             audio = self._scheduler.synthesize(job)
@@ -188,7 +202,7 @@ class CosyVoiceSynthesizer:
         pieces = []
         with drawing_from(job.generator):
             for model_input in self._voice.model_inputs(job):
-                pieces.append(self._stages.speak(model_input, job.times))
+                pieces.append(self._stages.speak(model_input, job.times, job.speed))
         return np.concatenate(pieces).astype(np.float32, copy=False)
 
     def _start_engine_thread(self) -> None:
@@ -258,7 +272,9 @@ class _Stages:
             if callable(opener):
                 opener()
 
-    def speak(self, model_input: dict[str, Any], times: StageTimes) -> np.ndarray:
+    def speak(
+        self, model_input: dict[str, Any], times: StageTimes, speed: float = 1.0
+    ) -> np.ndarray:
         import torch
 
         started = time.perf_counter()
@@ -267,7 +283,7 @@ class _Stages:
         flow_started = time.perf_counter()
         mel = self.flow_mel(tokens, model_input)
         hift_started = time.perf_counter()
-        speech = self.vocode(mel)
+        speech = self.vocode(mel, speed)
         done = time.perf_counter()
         times.llm += flow_started - started
         times.flow += hift_started - flow_started
@@ -294,10 +310,14 @@ class _Stages:
         return mel
 
     @torch_inference_mode
-    def vocode(self, mel: Any) -> np.ndarray:
-        """Float32 samples of `mel` (upstream's finalizing vocoder call)."""
+    def vocode(self, mel: Any, speed: float = 1.0) -> np.ndarray:
+        """Float32 samples of `mel` (upstream's finalizing vocoder call). A `speed` other than
+        1 stretches the mel in time first, as upstream `token2wav(speed=...)` does."""
         import torch
 
+        if speed != 1.0:
+            frames = max(1, int(mel.shape[2] / speed))
+            mel = torch.nn.functional.interpolate(mel, size=frames, mode="linear")
         speech, _ = self._hift.inference(speech_feat=mel, cache_source=torch.zeros(1, 1, 0))
         return speech.reshape(-1).numpy()  # type: ignore[no-any-return]
 
