@@ -279,3 +279,17 @@ def test_the_engine_thread_survives_a_failed_step(tiny_model_dir: Path) -> None:
     # The thread lives on: the next job is served.
     audio = engine.synthesize(text, speaker=speaker, lang=lang)
     assert audio.size > 0
+
+
+def test_a_batched_job_keeps_its_own_speed(
+    tiny_engine: CosyVoiceSynthesizer, tiny_model_dir: Path
+) -> None:
+    # The scheduler's path (jobs decoded together) stretches the mel as the alone path does.
+    speaker, lang, text = SUBJECT
+    alone = tiny_engine.synthesize(text, speaker=speaker, lang=lang, speed=2.0)
+    engine = batched_engine(tiny_model_dir)
+    fast = speak_together(engine, [SUBJECT, MATES[1]], speed=2.0)[0]
+    normal = speak_together(engine, [SUBJECT, MATES[1]])[0]
+    assert isinstance(fast, np.ndarray) and isinstance(normal, np.ndarray)
+    np.testing.assert_allclose(fast, alone, atol=1e-5)
+    assert abs(fast.size - normal.size / 2) <= 2 * 256
