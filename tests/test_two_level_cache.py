@@ -127,3 +127,31 @@ def test_another_speed_is_another_synthesis() -> None:
     assert base != key(lang="en")
     spec = validate_spec({"text": "Hi", "speaker": SPEAKER}, speakers=speakers, max_chars=500)
     assert synthesis_key(identity, spec, lexicon="abc") != base
+
+
+def test_the_demo_announcement_in_three_renditions_with_espeak(
+    settings: Settings, workers: Any
+) -> None:
+    # What `make demo` shows: PA 48 kHz at -16 LUFS, IVR 8 kHz, MP3, from one synthesis.
+    from worker.render import integrated_loudness
+
+    example = Path(__file__).resolve().parent.parent / "examples" / "renditions.csv"
+    node = workers.start(engine="espeak", concurrency=2)
+    results = {r.row_id: r for r in Producer(settings).submit_file(example).wait(timeout=180)}
+    assert {r.status for r in results.values()} == {"succeeded"}
+    store = AudioStore.from_settings(settings)
+    expected = {"pa-48k": (48000, -16.0), "ivr-8k": (8000, -18.0), "web-mp3": (24000, -16.0)}
+    for row_id, (rate, target) in expected.items():
+        key = results[row_id].key
+        assert key is not None
+        audio, got = sf.read(io.BytesIO(store.get(key)), dtype="float32")
+        assert got == rate and audio.ndim == 1
+        assert abs(integrated_loudness(audio, rate) - target) < 0.5, row_id
+    wait_for_task_counts(settings.pushgateway_url, node.hostname, 3)
+    wait_until(
+        lambda: (
+            renditions(settings.pushgateway_url, node.hostname) == {"synthesis": 1.0, "master": 2.0}
+        ),
+        timeout=30,
+        what="one synthesis, two renditions from its master",
+    )
