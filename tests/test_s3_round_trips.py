@@ -1,6 +1,8 @@
 """S3 round trips per job, counted at a proxy in front of the real SeaweedFS: a new job makes
-two (lookup, conditional upload), a cached one one (lookup). And the conditional upload itself,
-on the real server: a second PUT of a key is refused (412) and leaves the object as it was.
+two on its rendition (lookup, conditional upload) and two on its master (lookup, conditional
+upload), a cached one one (lookup of the rendition; its master is not touched). And the
+conditional upload itself, on the real server: a second PUT of a key is refused (412) and leaves
+the object as it was.
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from core.settings import Settings
+from core.contract import master_key, synthesis_key, validate_spec
+from core.settings import COSYVOICE_SFT_SPEAKERS, Settings
 from core.storage import AudioStore
 from devstack.stack import LocalStack
 from producer.api import Producer
 from tests.support.helpers import make_settings
 from tests.support.s3_proxy import S3Proxy
+from worker.engines.fake import FakeSynthesizer
 
 SPEAKER = "英文女"
 
@@ -95,10 +99,13 @@ def test_a_new_job_makes_two_s3_requests_and_a_cached_one_one(
             ]
             new = producer.submit_batch(rows, batch_id=f"trips-new-{token}").wait(timeout=60)
             trips_new = {r.key: proxy.requests_for(f"/{settings.s3_bucket}/{r.key}") for r in new}
+            masters = [f"/{settings.s3_bucket}/{master_of(row)}" for row in rows]
+            master_trips_new = [proxy.requests_for(path) for path in masters]
             cached = producer.submit_batch(rows, batch_id=f"trips-cached-{token}").wait(timeout=60)
             trips_all = {
                 r.key: proxy.requests_for(f"/{settings.s3_bucket}/{r.key}") for r in cached
             }
+            master_trips_all = [proxy.requests_for(path) for path in masters]
         finally:
             node.stop(name)
     print(
@@ -111,6 +118,15 @@ def test_a_new_job_makes_two_s3_requests_and_a_cached_one_one(
     for key, trips in trips_new.items():
         assert trips == [("HEAD", 404), ("PUT", 200)], (key, trips)
         assert trips_all[key][2:] == [("HEAD", 200)], (key, trips_all[key])
+    for trips, trips_after in zip(master_trips_new, master_trips_all, strict=True):
+        assert trips == [("HEAD", 404), ("PUT", 200)], trips
+        assert trips_after == trips  # a cached rendition never reads its master
+
+
+def master_of(row: dict[str, str]) -> str:
+    """The master object of a row's speech on the fake engine (the harness's default)."""
+    spec = validate_spec(row, speakers=frozenset(COSYVOICE_SFT_SPEAKERS), max_chars=500)
+    return master_key(synthesis_key(FakeSynthesizer().identity(), spec))
 
 
 class _NoConditionalWrites:

@@ -105,8 +105,9 @@ def run_job(
     fault_points.reached(ctx.settings, fault_points.LOOKUP)
     # One lookup, made under the content key's lease: a holder that stored the object released
     # the lease only after its upload, so a job that takes the lease and finds nothing is the
-    # one to synthesize (two S3 round trips for a new job, lookup and upload; one for a cached
-    # one). A job that finds the lease taken waits for the object (each look is one lookup).
+    # one to make it (two S3 round trips on this key for a new job, lookup and upload, and two
+    # on the master's; one for a cached one). A job that finds the lease taken waits for the
+    # object (each look is one lookup).
     seen: list[StoredObject] = []
 
     def found() -> bool:
