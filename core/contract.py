@@ -13,7 +13,7 @@ import re
 import unicodedata
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from core.errors import InvalidJob
@@ -66,12 +66,16 @@ class JobSpec:
     speaker: str
     lang: str | None
     fmt: str
+    # The digest of the batch's lexicon (core.lexicon), stored in Redis by the producer; None
+    # when the batch has none.
+    lexicon: str | None = None
 
     def fingerprint(self) -> str:
         """A hash of the request alone (engine-independent); equal requests share a job."""
-        payload = json.dumps(
-            [SCHEMA_VERSION, self.text, self.speaker, self.lang, self.fmt], ensure_ascii=False
-        )
+        fields: list[Any] = [SCHEMA_VERSION, self.text, self.speaker, self.lang, self.fmt]
+        if self.lexicon is not None:
+            fields.append(self.lexicon)
+        payload = json.dumps(fields, ensure_ascii=False)
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
@@ -196,6 +200,7 @@ def build_message(
         "format": spec.fmt,
         "enqueued_at": enqueued_at,
         "send_id": new_send_id(),
+        **({"lexicon": spec.lexicon} if spec.lexicon is not None else {}),
     }
 
 
@@ -271,6 +276,11 @@ def parse_message(
     if send_id is not None:
         send_id = validate_row_id(send_id, field="send_id")
     spec = validate_spec(message, speakers=speakers, max_chars=max_chars)
+    lexicon = message.get("lexicon")
+    if lexicon is not None:
+        if not isinstance(lexicon, str) or not re.fullmatch(r"[0-9a-f]{64}", lexicon):
+            raise InvalidJob(f"{_short(lexicon)} is not a lexicon digest", field="lexicon")
+        spec = replace(spec, lexicon=lexicon)
     return JobMessage(
         job_id=job_id,
         batch_id=batch_id,

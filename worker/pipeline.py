@@ -39,6 +39,7 @@ from worker.engine_gate import EngineGate
 from worker.lease import ContentLease
 from worker.push import WorkerMetrics
 from worker.synth import Synthesizer
+from worker.text.prepare import LexiconSource, engine_text, rules_language, text_rules
 
 
 @dataclass
@@ -55,6 +56,8 @@ class WorkerContext:
     # True where tasks run in the node's own process (batched mode, threads pool): Celery's time
     # limits do not apply there, so each job carries a deadline into the engine instead.
     deadlines: bool = False
+    # The global lexicon (TTS_LEXICON) and the batch lexicons read from Redis; None: none.
+    lexicons: LexiconSource | None = None
     gate: EngineGate = field(init=False)
 
     def __post_init__(self) -> None:
@@ -96,7 +99,14 @@ def run_job(
 ) -> dict[str, Any]:
     """Produce (or find) the audio of a validated job and record the result in its batch.
     Past `deadline` (time.monotonic(); None: no deadline) the engine raises JobTimeout."""
-    key = content_key(ctx.engine.identity(), job.spec)
+    lexicons = ctx.lexicons.for_job(job.spec.lexicon) if ctx.lexicons else []
+    if job.spec.lexicon and not ctx.lexicons:
+        raise InvalidJob("this worker reads no batch lexicons", field="lexicon")
+    lang = rules_language(job.spec.lang, job.spec.speaker)
+    spoken = engine_text(job.spec.text, lang=lang, lexicons=lexicons)
+    # The text rules (number rules' version, lexicon digests) change the audio: they are part
+    # of the key, beside the engine's identity.
+    key = content_key({**ctx.engine.identity(), "text_rules": text_rules(lexicons)}, job.spec)
     okey = object_key(key, job.spec.fmt)
     fault_points.reached(ctx.settings, fault_points.LOOKUP)
     # One lookup, made under the content key's lease: a holder that stored the object released
@@ -113,7 +123,9 @@ def run_job(
 
     with ctx.leases.exclusive(key, done=found) as mine:
         if mine and not found():
-            return _synthesize_and_record(ctx, job, okey, attempt=attempt, deadline=deadline)
+            return _synthesize_and_record(
+                ctx, job, okey, spoken=spoken, attempt=attempt, deadline=deadline
+            )
     return _cached(ctx, job, seen[-1], attempt=attempt)
 
 
@@ -134,7 +146,13 @@ def _lookup(ctx: WorkerContext, okey: str) -> StoredObject | None:
 
 
 def _synthesize_and_record(
-    ctx: WorkerContext, job: JobMessage, okey: str, *, attempt: int, deadline: float | None
+    ctx: WorkerContext,
+    job: JobMessage,
+    okey: str,
+    *,
+    spoken: str,
+    attempt: int,
+    deadline: float | None,
 ) -> dict[str, Any]:
     spec = job.spec
     try:
@@ -142,7 +160,7 @@ def _synthesize_and_record(
             # Engine time, not the turn waited for an engine that takes one job at a time.
             started = time.perf_counter()
             samples = ctx.engine.synthesize(
-                spec.text, speaker=spec.speaker, lang=spec.lang, deadline=deadline
+                spoken, speaker=spec.speaker, lang=spec.lang, deadline=deadline
             )
         data = encode(samples, sample_rate=ctx.engine.sample_rate, fmt=spec.fmt)
     except (InvalidJob, JobTimeout, SoftTimeLimitExceeded):

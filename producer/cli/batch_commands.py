@@ -57,6 +57,12 @@ def register(sub: Any) -> None:
         default=DEFAULT_PRIORITY,
         help="queue order: workers take high before normal before low (default normal)",
     )
+    p.add_argument(
+        "--lexicon",
+        type=Path,
+        help="a CSV, TSV or JSON file: how words or patterns are spoken, per language "
+        "(docs/lexicon.md); applied to every job of this submission",
+    )
     p.set_defaults(run=_cmd_submit)
 
     p = sub.add_parser("status", help="progress of a batch")
@@ -112,6 +118,7 @@ def _cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
         skip_invalid=args.skip_invalid,
         on_enqueued=count_progress(sys.stderr, "enqueue", quiet=args.quiet),
         priority=args.priority,
+        lexicon=args.lexicon,
     )
     report = handle.report
     say(_submit_summary(handle.batch_id, report, args.priority), quiet=args.quiet)
