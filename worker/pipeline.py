@@ -103,7 +103,7 @@ def run_job(
     if job.spec.lexicon and not ctx.lexicons:
         raise InvalidJob("this worker reads no batch lexicons", field="lexicon")
     lang = rules_language(job.spec.lang, job.spec.speaker)
-    spoken = engine_text(job.spec.text, lang=lang, lexicons=lexicons)
+    spoken = engine_text(job.spec.text, lang=lang, lexicons=lexicons, engine=ctx.engine.name)
     # The text rules (number rules' version, lexicon digests) change the audio: they are part
     # of the key, beside the engine's identity.
     key = content_key({**ctx.engine.identity(), "text_rules": text_rules(lexicons)}, job.spec)

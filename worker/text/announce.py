@@ -20,6 +20,12 @@ engine's own reading. The rules and where their conventions come from:
 - Money with a currency sign before the amount, per language ($ £ € in en; ¥ ￥ in zh and ja;
   HK$ in yue; ₩ in ko).
 
+Arabic numerals (`numerals="arabic"`, zh only): for an engine that reads Arabic numbers in
+Mandarin but not the characters the word forms need. Debian's espeak-ng 1.51 `cmn` voice has no
+dictionary entry for 零, 点, 分 (it spells their pinyin with English letter names) yet reads "1 0 1"
+as 一 零 一: codes become "G 1 0 1", ISO dates "2 0 2 6年12月4日", and times and money are left to
+it (it reads "18:45" as 十八 四十五).
+
 RULES_VERSION goes into the content key: change it whenever a rule's output changes.
 """
 
@@ -234,8 +240,10 @@ def _spell(letters: str) -> str:
     return " ".join(letters)
 
 
-def _code(lang: str, m: re.Match[str]) -> str:
+def _code(lang: str, m: re.Match[str], arabic: bool) -> str:
     letters, digits = m.group(1), m.group(2)
+    if arabic:
+        return _spell(letters) + " " + " ".join(digits)
     if lang == "en":
         return _spell(letters) + " " + " ".join(_EN_ONES[int(d)] for d in digits)
     if lang in ("zh", "yue"):
@@ -245,8 +253,10 @@ def _code(lang: str, m: re.Match[str]) -> str:
     return _spell(letters) + " " + digits
 
 
-def _time(lang: str, m: re.Match[str]) -> str:
+def _time(lang: str, m: re.Match[str], arabic: bool) -> str:
     h, mi = int(m.group(1)), int(m.group(2))
+    if arabic:
+        return m.group(0)
     if lang == "en":
         return _en_time(h, mi)
     if lang in ("zh", "yue"):
@@ -259,8 +269,10 @@ def _time(lang: str, m: re.Match[str]) -> str:
     return f"{h}시" + (f" {mi}분" if mi else "")
 
 
-def _date(lang: str, m: re.Match[str]) -> str:
+def _date(lang: str, m: re.Match[str], arabic: bool) -> str:
     y, mo, d = int(m.group(1)), int(m.group(2)), int(m.group(3))
+    if arabic:
+        return f"{' '.join(m.group(1))}年{mo}月{d}日"
     if lang == "en":
         return f"{_EN_MONTHS[mo - 1]} {_en_ordinal(d)}, {_en_year(y)}"
     if lang in ("zh", "yue"):
@@ -310,19 +322,25 @@ _MONEY = {
 }
 
 
-def _money(lang: str, m: re.Match[str]) -> str:
+def _money(lang: str, m: re.Match[str], arabic: bool) -> str:
     units, cents = _amount(m.group(2), m.group(3))
-    if lang == "ja" and cents:
+    if arabic or (lang == "ja" and cents):
         return m.group(0)  # yen have no subunit in use: leave "¥3.50" to the engine
     return _CURRENCIES[lang][m.group(1)](units, cents)
 
 
-def announce(text: str, lang: str | None) -> str:
+NUMERALS = ("words", "arabic")
+
+
+def announce(text: str, lang: str | None, *, numerals: str = "words") -> str:
     """`text` with dates, times, money and codes written as `lang`'s announcements say them;
-    unchanged for an unknown language."""
+    unchanged for an unknown language. `numerals="arabic"` (zh only) keeps Arabic digits."""
     if lang not in _CURRENCIES:
         return text
-    text = _DATE.sub(lambda m: _date(lang, m), text)
-    text = _TIME.sub(lambda m: _time(lang, m), text)
-    text = _MONEY[lang].sub(lambda m: _money(lang, m), text)
-    return _CODE.sub(lambda m: _code(lang, m), text)
+    if numerals not in NUMERALS:
+        raise ValueError(f"numerals must be one of {NUMERALS}, got {numerals!r}")
+    arabic = numerals == "arabic" and lang == "zh"
+    text = _DATE.sub(lambda m: _date(lang, m, arabic), text)
+    text = _TIME.sub(lambda m: _time(lang, m, arabic), text)
+    text = _MONEY[lang].sub(lambda m: _money(lang, m, arabic), text)
+    return _CODE.sub(lambda m: _code(lang, m, arabic), text)

@@ -30,11 +30,21 @@ def rules_language(lang: str | None, speaker: str) -> str | None:
     return known.lang if known else None
 
 
-def engine_text(text: str, *, lang: str | None, lexicons: Sequence[Lexicon]) -> str:
+# Engines that read Mandarin digits but not the number characters (worker.text.announce).
+_ARABIC_ZH_ENGINES = frozenset({"espeak"})
+
+
+def engine_text(
+    text: str, *, lang: str | None, lexicons: Sequence[Lexicon], engine: str = ""
+) -> str:
+    """The engine's input: lexicons in order, then the number rules on what they left."""
     segments = [Segment(text)]
     for lexicon in lexicons:
         segments = lexicon.apply(segments, lang)
-    return "".join(s.text if s.fixed else announce(s.text, lang) for s in segments)
+    numerals = "arabic" if engine in _ARABIC_ZH_ENGINES else "words"
+    return "".join(
+        s.text if s.fixed else announce(s.text, lang, numerals=numerals) for s in segments
+    )
 
 
 def text_rules(lexicons: Sequence[Lexicon]) -> str:
