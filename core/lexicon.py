@@ -97,7 +97,9 @@ class Lexicon:
             segments = _split(segments, pattern, lambda m, t=template: m.expand(t))
         if rules.words is not None:
             folded = rules.folded
-            segments = _split(segments, rules.words, lambda m: folded[m.group(0).casefold()])
+            segments = _split(
+                segments, rules.words, lambda m: folded[" ".join(m.group(0).split()).casefold()]
+            )
         return segments
 
 
@@ -125,7 +127,8 @@ class _Rules:
 
 
 def _word_pattern(word: str, *, unspaced: bool) -> str:
-    body = re.escape(word)
+    # A space in an entry matches any run of whitespace.
+    body = r"\s+".join(re.escape(part) for part in word.split(" "))
     if unspaced:
         # No word boundaries in CJK text, but a Latin/digit run inside it is still a word.
         before = r"(?<![A-Za-z0-9])" if _ASCII_ALNUM.match(word[0]) else ""

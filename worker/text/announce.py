@@ -148,7 +148,7 @@ def zh_number(n: int, *, traditional: bool = False) -> str:
     if high:
         rest = _zh_under_10000(low)
         joiner = "零" if 0 < low < 1000 else ""
-        return _zh_under_10000(high) + ("萬" if traditional else "万") + joiner + rest
+        return zh_number(high) + ("萬" if traditional else "万") + joiner + rest
     words = _zh_under_10000(low)
     # 10-19 are 十, 十一, ... not 一十一.
     return words[1:] if 10 <= n < 20 else words
