@@ -10,13 +10,14 @@ engine's own reading. The rules and where their conventions come from:
   Chinese ("G七", "G一零一"): mainland railway announcements read train numbers digit by digit;
   some lines say 幺 for 1, not done here (add lexicon entries where wanted). ja/ko: the number is
   read whole (JAL 123便 is "ひゃくにじゅうさんびん"; Korean trains and flights by Sino-Korean
-  numbers), so only the letters are split off.
+  numbers, KTX 101 = 백일), in kana / hangul.
 - Clock times HH:MM (24-hour). en: "eighteen forty-five", "nine oh five", "eighteen hundred"
   (British railway style). zh/yue: 十八点四十五分 / 十八點四十五分, 点整 on the hour. ja: kana
-  (espeak-ng's Japanese voice reads kana, not kanji): じゅうはちじ よんじゅうごふん. ko: 18시 45분
-  (the engines read the digits as Sino-Korean numbers).
+  (espeak-ng's Japanese voice reads kana, not kanji; CosyVoice's front end sends kanji with
+  digits through its Chinese normalizer): じゅうはちじ よんじゅうごふん. ko: Sino-Korean in hangul,
+  십팔 시 사십오 분 (CosyVoice's front end would read Arabic digits in English).
 - Dates, ISO only (YYYY-MM-DD): en "December fourth, twenty twenty-six"; zh/yue 二零二六年十二月四日
-  (years digit by digit, as Chinese reads them); ja in kana; ko 2026년 12월 4일.
+  (years digit by digit, as Chinese reads them); ja in kana; ko 이천이십육 년 십이 월 사 일.
 - Money with a currency sign before the amount, per language ($ £ € in en; ¥ ￥ in zh and ja;
   HK$ in yue; ₩ in ko).
 
@@ -231,6 +232,27 @@ def _ja_day(d: int) -> str:
     return (_JA_DIGITS[tens] if tens > 1 else "") + "じゅう" + _JA_MONTHS[ones] + "にち"
 
 
+# ---------------------------------------------------------------- Korean (Sino-Korean, hangul)
+_KO_DIGITS = ["", "일", "이", "삼", "사", "오", "육", "칠", "팔", "구"]
+# 6월 and 10월 drop a consonant: 유월, 시월.
+_KO_MONTHS = {6: "유", 10: "시"}
+
+
+def ko_number(n: int) -> str:
+    """Sino-Korean numerals in hangul, 0 to 99,999,999 (십팔, 백일, 이천이십육, 만)."""
+    if n == 0:
+        return "영"
+    high, low = divmod(n, 10000)
+    head = ("" if high == 1 else ko_number(high)) + "만" if high else ""
+    out = ""
+    for size, unit in ((1000, "천"), (100, "백"), (10, "십"), (1, "")):
+        digit = low // size % 10
+        if digit:
+            # 일 is dropped before 십, 백, 천: 십, not 일십.
+            out += ("" if digit == 1 and unit else _KO_DIGITS[digit]) + unit
+    return head + out
+
+
 # ---------------------------------------------------------------- the rules per language
 def _amount(units: str, cents: str | None) -> tuple[int, int]:
     return int(units.replace(",", "")), int(cents or 0)
@@ -250,7 +272,7 @@ def _code(lang: str, m: re.Match[str], arabic: bool) -> str:
         return _spell(letters) + " " + _zh_digits(digits)
     if lang == "ja":
         return _spell(letters) + " " + ja_number(int(digits))
-    return _spell(letters) + " " + digits
+    return _spell(letters) + " " + ko_number(int(digits))
 
 
 def _time(lang: str, m: re.Match[str], arabic: bool) -> str:
@@ -266,7 +288,7 @@ def _time(lang: str, m: re.Match[str], arabic: bool) -> str:
         return zh_number(h) + dot + ("零" if mi < 10 else "") + zh_number(mi) + "分"
     if lang == "ja":
         return _ja_time(h, mi)
-    return f"{h}시" + (f" {mi}분" if mi else "")
+    return f"{ko_number(h)} 시" + (f" {ko_number(mi)} 분" if mi else "")
 
 
 def _date(lang: str, m: re.Match[str], arabic: bool) -> str:
@@ -279,7 +301,7 @@ def _date(lang: str, m: re.Match[str], arabic: bool) -> str:
         return f"{_zh_digits(m.group(1))}年{zh_number(mo)}月{zh_number(d)}日"
     if lang == "ja":
         return f"{_ja_counted(y, 'ねん')} {_JA_MONTHS[mo]}がつ {_ja_day(d)}"
-    return f"{y}년 {mo}월 {d}일"
+    return f"{ko_number(y)} 년 {_KO_MONTHS.get(mo) or ko_number(mo)} 월 {ko_number(d)} 일"
 
 
 # Currency signs per language: sign -> how the amount is said.
@@ -309,7 +331,7 @@ _CURRENCIES: dict[str, dict[str, Callable[[int, int], str]]] = {
     "zh": {s: _zh_currency("元", "角", traditional=False) for s in ("¥", "￥")},
     "yue": {"HK$": _zh_currency("蚊", "毫", traditional=True)},
     "ja": {s: lambda units, cents: _ja_counted(units, "えん") for s in ("¥", "￥")},
-    "ko": {"₩": lambda units, cents: f"{units}원"},
+    "ko": {"₩": lambda units, cents: f"{ko_number(units)} 원"},
 }
 _MONEY = {
     lang: re.compile(
