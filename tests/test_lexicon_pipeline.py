@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -103,3 +104,17 @@ def test_a_job_whose_lexicon_expired_fails_naming_it(
     [result] = batch.wait(timeout=120)
     assert result.status == "failed" and result.reason == "bad_message"
     assert "field 'lexicon'" in (result.error or "") and "no longer stored" in (result.error or "")
+
+
+def test_a_worker_with_a_bad_global_lexicon_exits_naming_the_entry(
+    settings: Settings, tmp_path: Path
+) -> None:
+    from core.exit_codes import EX_CONFIG
+    from tests.test_bad_credentials import one_line, run_worker
+
+    bad = tmp_path / "global.tsv"
+    bad.write_text("lang\tmatch\tsay\tkind\nen\tGate (\\d+\tgate \\1\tregex\n", "utf-8")
+    code, stderr, _ = run_worker(replace(settings, lexicon=str(bad)))
+    assert code == EX_CONFIG, stderr[-3000:]
+    line = one_line(stderr)
+    assert "TTS_LEXICON: lexicon global.tsv: row 2, field 'match': not a valid regular" in line
