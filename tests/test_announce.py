@@ -70,6 +70,7 @@ def test_shapes_that_are_not_dates_times_or_codes_are_left_alone() -> None:
     text = "Room 12:345, ratio 1:2:3, 2026-13-40, version 3.18:45, a4, CA 1234"
     assert announce(text, "en") == text.replace("1:2:3", "1:2:3")
     assert announce("G7", None) == "G7"
+    assert announce("$123456789012", "en") == "$123456789012"
 
 
 def test_number_words() -> None:

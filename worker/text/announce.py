@@ -346,8 +346,9 @@ _MONEY = {
 
 def _money(lang: str, m: re.Match[str], arabic: bool) -> str:
     units, cents = _amount(m.group(2), m.group(3))
-    if arabic or (lang == "ja" and cents):
-        return m.group(0)  # yen have no subunit in use: leave "¥3.50" to the engine
+    # Beyond the number words' range (99,999,999), or yen with a subunit: the engine reads it.
+    if arabic or units >= 10**8 or (lang == "ja" and cents):
+        return m.group(0)
     return _CURRENCIES[lang][m.group(1)](units, cents)
 
 
