@@ -4,6 +4,7 @@ language, and how they combine with the number rules (worker.text.prepare)."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -142,3 +143,21 @@ def test_batch_lexicon_wins_over_the_global_one_and_both_are_in_the_key() -> Non
     assert text_rules([batch, everyone]) == text_rules(
         [lex("lang,match,say\nen,Paris,Pa-ree\n"), everyone]
     )
+
+
+def test_the_message_carries_the_lexicon_digest_and_the_worker_checks_it() -> None:
+    from core.contract import build_message, parse_message, validate_spec
+
+    speakers = ("英文女",)
+    spec = validate_spec(
+        {"text": "To Paris", "speaker": "英文女"}, speakers=speakers, max_chars=500
+    )
+    digest = lex("lang,match,say\nen,Paris,Pa-ree\n").digest()
+    with_lexicon = replace(spec, lexicon=digest)
+    # A different lexicon is a different request: its own job, not a share of another's.
+    assert with_lexicon.fingerprint() != spec.fingerprint()
+    message = build_message(job_id="j", batch_id="b", spec=with_lexicon, enqueued_at=1.0)
+    assert parse_message(message, speakers=speakers, max_chars=500).spec.lexicon == digest
+    assert "lexicon" not in build_message(job_id="j", batch_id="b", spec=spec, enqueued_at=1.0)
+    with pytest.raises(InvalidJob, match="field 'lexicon'"):
+        parse_message({**message, "lexicon": "../etc"}, speakers=speakers, max_chars=500)
