@@ -13,7 +13,7 @@ import re
 import unicodedata
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from core.errors import InvalidJob
@@ -82,6 +82,9 @@ class JobSpec:
     lead_silence_ms: int = 0
     trail_silence_ms: int = 0
     speed: float | None = None
+    # The digest of the batch's lexicon (core.lexicon), stored in Redis by the producer; None
+    # when the batch has none.
+    lexicon: str | None = None
 
     def options(self) -> dict[str, Any]:
         """The output options this job sets (message fields), leaving out the defaults."""
@@ -100,6 +103,8 @@ class JobSpec:
     def fingerprint(self) -> str:
         """A hash of the request alone (engine-independent); equal requests share a job."""
         fields: list[Any] = [SCHEMA_VERSION, self.text, self.speaker, self.lang, self.fmt]
+        if self.lexicon is not None:
+            fields.append(self.lexicon)
         if self.options():
             fields.append(self.options())
         payload = json.dumps(fields, ensure_ascii=False, sort_keys=True)
@@ -301,6 +306,7 @@ def build_message(
         **spec.options(),
         "enqueued_at": enqueued_at,
         "send_id": new_send_id(),
+        **({"lexicon": spec.lexicon} if spec.lexicon is not None else {}),
     }
 
 
@@ -376,6 +382,11 @@ def parse_message(
     if send_id is not None:
         send_id = validate_row_id(send_id, field="send_id")
     spec = validate_spec(message, speakers=speakers, max_chars=max_chars)
+    lexicon = message.get("lexicon")
+    if lexicon is not None:
+        if not isinstance(lexicon, str) or not re.fullmatch(r"[0-9a-f]{64}", lexicon):
+            raise InvalidJob(f"{_short(lexicon)} is not a lexicon digest", field="lexicon")
+        spec = replace(spec, lexicon=lexicon)
     return JobMessage(
         job_id=job_id,
         batch_id=batch_id,
@@ -432,12 +443,10 @@ def content_key(identity: Mapping[str, str | int], spec: JobSpec) -> str:
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
-def synthesis_key(
-    identity: Mapping[str, str | int], spec: JobSpec, *, lexicon: str | None = None
-) -> str:
+def synthesis_key(identity: Mapping[str, str | int], spec: JobSpec) -> str:
     """The hash of everything that changes the speech itself, before any rendition: the
-    engine's identity, speaker, language, normalized text and speed. `lexicon` is the slot for
-    the version (content hash) of a lexicon applied to the text; None while none applies.
+    engine's identity (with the text rules the worker applied: number rules' version, lexicon
+    digests, as content_key gets it), speaker, language, normalized text and speed.
     Renditions of one synthesis key (format, rate, loudness, silence) share one master."""
     fields: dict[str, Any] = {
         "v": SCHEMA_VERSION,
@@ -448,8 +457,6 @@ def synthesis_key(
         "text": spec.text,
         "speed": spec.speed,
     }
-    if lexicon is not None:
-        fields["lexicon"] = lexicon
     payload = json.dumps(fields, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 

@@ -79,6 +79,9 @@ class Settings:
     max_batch_rows: int = 100_000
     speakers: tuple[str, ...] = COSYVOICE_SFT_SPEAKERS
     default_format: str = "wav"
+    # A lexicon file (CSV, TSV or JSON; docs/lexicon.md) every worker applies to every job,
+    # after a batch's own lexicon; empty: none. Its digest is part of the content key.
+    lexicon: str = ""
     # Batch state (progress, results, dead letters) lives this long after the last write.
     batch_ttl_seconds: int = 7 * 24 * 3600
     # Time limits of one job: base + per character of text (soft), + grace (hard). The broker's

@@ -51,6 +51,8 @@ from core.contract import (
 )
 from core.delivery import DEFAULT_PRIORITY, message_priority
 from core.errors import INPUT_REASONS, InvalidBatch, InvalidJob
+from core.lexicon import REDIS_PREFIX as LEXICON_PREFIX
+from core.lexicon import Lexicon, load_lexicon
 from core.redis_conn import connect
 from core.settings import Settings
 from core.speakers import language_mismatch
@@ -357,6 +359,7 @@ class Producer:
         lead_silence_ms: int = 0,
         trail_silence_ms: int = 0,
         speed: float | None = None,
+        lexicon: Path | str | Lexicon | None = None,
     ) -> JobHandle:
         """Enqueue one text; `job_id` (default: random) names it in the result. The output
         options are those of a row (README, job options): `sample_rate` (Hz), `loudness`
@@ -375,7 +378,9 @@ class Producer:
             "trail_silence_ms": trail_silence_ms,
             "speed": speed,
         }
-        batch = self.submit_batch([row], batch_id=f"job-{row_id}", priority=priority)
+        batch = self.submit_batch(
+            [row], batch_id=f"job-{row_id}", priority=priority, lexicon=lexicon
+        )
         return JobHandle(batch, row_id)
 
     def submit_batch(
@@ -386,6 +391,7 @@ class Producer:
         skip_invalid: bool = False,
         priority: str = DEFAULT_PRIORITY,
         defaults: Mapping[str, Any] | None = None,
+        lexicon: Path | str | Lexicon | None = None,
     ) -> BatchHandle:
         """Validate every row, then enqueue. `defaults` (e.g. {"format": "mp3", "loudness":
         -16}) fills the fields a row leaves out or blank: a row's own value wins. Any invalid
@@ -399,13 +405,16 @@ class Producer:
         the claims of a producer that died mid-send are taken over (and sent) by a
         resubmission once its lease (`send_lease_seconds`) has lapsed. Rows whose `lang`
         disagrees with their speaker's language are enqueued and listed in
-        `handle.report.warnings`."""
+        `handle.report.warnings`. `lexicon` (a CSV/TSV/JSON file or a Lexicon; docs/lexicon.md)
+        is validated first (InvalidBatch naming its row and field), stored with the batch and
+        applied by the workers to every job of this submission."""
         materialized = [(index, dict(row)) for index, row in enumerate(rows, start=1)]
         return self._submit(
             lambda: _with_defaults(iter(materialized), defaults),
             batch_id=batch_id,
             skip_invalid=skip_invalid,
             priority=priority,
+            lexicon=lexicon,
         )
 
     def submit_file(
@@ -417,6 +426,7 @@ class Producer:
         on_enqueued: EnqueueProgress | None = None,
         priority: str = DEFAULT_PRIORITY,
         defaults: Mapping[str, Any] | None = None,
+        lexicon: Path | str | Lexicon | None = None,
     ) -> BatchHandle:
         """Like submit_batch, for a CSV or JSONL file, read twice and streaming (bounded
         memory whatever the file's size); rows are named by their line number; `defaults` as
@@ -429,6 +439,7 @@ class Producer:
             skip_invalid=skip_invalid,
             on_enqueued=on_enqueued,
             priority=priority,
+            lexicon=lexicon,
         )
 
     def _state(self, batch_id: str) -> BatchState:
@@ -442,8 +453,13 @@ class Producer:
         skip_invalid: bool,
         on_enqueued: EnqueueProgress | None = None,
         priority: str = DEFAULT_PRIORITY,
+        lexicon: Path | str | Lexicon | None = None,
     ) -> BatchHandle:
         message_priority(priority)  # an unknown name fails before anything is recorded
+        # A bad lexicon refuses the batch before any row is read or recorded.
+        loaded = (
+            lexicon if isinstance(lexicon, Lexicon) or lexicon is None else load_lexicon(lexicon)
+        )
         if batch_id is None:
             batch_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:8]
         elif not isinstance(batch_id, str) or not BATCH_ID_PATTERN.fullmatch(batch_id):
@@ -459,6 +475,7 @@ class Producer:
             raise InvalidBatch(f"batch {batch_id!r} was cancelled: submit under a new batch id")
         state.create()
         state.set_priority(priority)
+        digest = self._store_lexicon(loaded) if loaded is not None else None
         state.add_rejected([_rejected_entry(line, exc) for line, exc in bad_lines.items()])
         chunk: list[tuple[str, JobSpec]] = []
         total, done = report.rows - report.rejected_count, 0
@@ -466,7 +483,8 @@ class Producer:
             for line, fields in open_rows():
                 if line in bad_lines or isinstance(fields, InvalidJob):
                     continue
-                chunk.append((str(fields["id"]), self._spec(fields, line)))
+                spec = replace(self._spec(fields, line), lexicon=digest)
+                chunk.append((str(fields["id"]), spec))
                 if len(chunk) >= _CHUNK:
                     self._enqueue_chunk(state, chunk, report, lease=lease, priority=priority)
                     done += len(chunk)
@@ -479,6 +497,15 @@ class Producer:
                     on_enqueued(done + len(chunk), total)
         state.touch()
         return BatchHandle(state, report, settings=self.settings)
+
+    def _store_lexicon(self, lexicon: Lexicon) -> str:
+        """Store the lexicon by its digest (equal lexicons share it) for as long as a batch
+        lives; workers read it from there."""
+        digest = lexicon.digest()
+        self._redis.set(
+            LEXICON_PREFIX + digest, lexicon.to_json(), ex=self.settings.batch_ttl_seconds
+        )
+        return digest
 
     def _lease(self, state: BatchState) -> SendLease:
         return SendLease(state, lease_seconds=self.settings.send_lease_seconds)

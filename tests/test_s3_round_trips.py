@@ -24,6 +24,7 @@ from producer.api import Producer
 from tests.support.helpers import make_settings
 from tests.support.s3_proxy import S3Proxy
 from worker.engines.fake import FakeSynthesizer
+from worker.text.prepare import text_rules
 
 SPEAKER = "英文女"
 
@@ -126,7 +127,9 @@ def test_a_new_job_makes_two_s3_requests_and_a_cached_one_one(
 def master_of(row: dict[str, str]) -> str:
     """The master object of a row's speech on the fake engine (the harness's default)."""
     spec = validate_spec(row, speakers=frozenset(COSYVOICE_SFT_SPEAKERS), max_chars=500)
-    return master_key(synthesis_key(FakeSynthesizer().identity(), spec))
+    return master_key(
+        synthesis_key({**FakeSynthesizer().identity(), "text_rules": text_rules([])}, spec)
+    )
 
 
 class _NoConditionalWrites:

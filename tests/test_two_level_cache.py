@@ -18,10 +18,16 @@ from core.storage import AudioStore
 from producer.api import Producer
 from tests.support.helpers import pushgateway_samples, wait_for_task_counts, wait_until
 from worker.engines.fake import FakeSynthesizer
+from worker.text.prepare import text_rules
 
 pytestmark = pytest.mark.integration
 
 SPEAKER = "英文女"
+
+
+def fake_identity() -> dict[str, str | int]:
+    """The fake engine's identity with the text rules a worker without lexicons applies."""
+    return {**FakeSynthesizer().identity(), "text_rules": text_rules([])}
 
 
 def renditions(url: str, worker: str) -> dict[str, float]:
@@ -68,7 +74,7 @@ def test_a_new_rendition_never_synthesizes_again(
         max_chars=500,
     )
     store = AudioStore.from_settings(settings)
-    master = store.get(master_key(synthesis_key(FakeSynthesizer().identity(), spec)))
+    master = store.get(master_key(synthesis_key(fake_identity(), spec)))
     info = sf.info(io.BytesIO(master))
     assert (info.format, info.subtype, info.samplerate) == ("FLAC", "PCM_24", 16000)
 
@@ -125,8 +131,9 @@ def test_another_speed_is_another_synthesis() -> None:
     assert base == key(format="mp3", sample_rate=8000, loudness=-16, lead_silence_ms=100)
     assert base != key(speed=1.5)
     assert base != key(lang="en")
+    # A lexicon (its digest in the worker's text rules) is another synthesis.
     spec = validate_spec({"text": "Hi", "speaker": SPEAKER}, speakers=speakers, max_chars=500)
-    assert synthesis_key(identity, spec, lexicon="abc") != base
+    assert synthesis_key({**identity, "text_rules": "1:abc"}, spec) != base
 
 
 def test_the_demo_announcement_in_three_renditions_with_espeak(

@@ -36,9 +36,18 @@ class Speech:
     source: str
 
 
-def speech_for(ctx: WorkerContext, job: JobMessage, *, deadline: float | None) -> Speech:
-    """The job's speech: from its stored master, or synthesized (and stored as the master)."""
-    skey = synthesis_key(ctx.engine.identity(), job.spec)
+def speech_for(
+    ctx: WorkerContext,
+    job: JobMessage,
+    *,
+    identity: dict[str, str | int],
+    spoken: str,
+    deadline: float | None,
+) -> Speech:
+    """The job's speech: from its stored master, or synthesized (and stored as the master).
+    `identity` is the engine's with the text rules applied (as the content key has it);
+    `spoken` the text the engine is given (lexicons and number rules applied)."""
+    skey = synthesis_key(identity, job.spec)
     mkey = master_key(skey)
 
     def found() -> bool:
@@ -50,13 +59,15 @@ def speech_for(ctx: WorkerContext, job: JobMessage, *, deadline: float | None) -
     # The content lease, on the synthesis key: one synthesis of this speech at a time.
     with ctx.leases.exclusive(skey, done=found) as mine:
         if mine and not found():
-            samples = _synthesize(ctx, job, deadline=deadline)
+            samples = _synthesize(ctx, job, spoken, deadline=deadline)
             _store_master(ctx, job, mkey, samples)
             return Speech(samples, FROM_SYNTHESIS)
     return Speech(_read_master(ctx, mkey), FROM_MASTER)
 
 
-def _synthesize(ctx: WorkerContext, job: JobMessage, *, deadline: float | None) -> np.ndarray:
+def _synthesize(
+    ctx: WorkerContext, job: JobMessage, spoken: str, *, deadline: float | None
+) -> np.ndarray:
     spec = job.spec
     # Engines without a speed are called exactly as before (no new keyword).
     speed = {} if spec.speed is None else {"speed": spec.speed}
@@ -65,7 +76,7 @@ def _synthesize(ctx: WorkerContext, job: JobMessage, *, deadline: float | None) 
             # Engine time, not the turn waited for an engine that takes one job at a time.
             started = time.perf_counter()
             samples = ctx.engine.synthesize(
-                spec.text, speaker=spec.speaker, lang=spec.lang, deadline=deadline, **speed
+                spoken, speaker=spec.speaker, lang=spec.lang, deadline=deadline, **speed
             )
         inference_seconds = time.perf_counter() - started
         samples = np.asarray(samples, dtype=np.float32).reshape(-1)

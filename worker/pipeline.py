@@ -42,6 +42,7 @@ from worker.master import speech_for
 from worker.push import WorkerMetrics
 from worker.render import Rendered, render
 from worker.synth import Synthesizer
+from worker.text.prepare import LexiconSource, engine_text, rules_language, text_rules
 
 
 @dataclass
@@ -58,6 +59,8 @@ class WorkerContext:
     # True where tasks run in the node's own process (batched mode, threads pool): Celery's time
     # limits do not apply there, so each job carries a deadline into the engine instead.
     deadlines: bool = False
+    # The global lexicon (TTS_LEXICON) and the batch lexicons read from Redis; None: none.
+    lexicons: LexiconSource | None = None
     gate: EngineGate = field(init=False)
 
     def __post_init__(self) -> None:
@@ -100,7 +103,15 @@ def run_job(
     """Produce (or find) the audio of a validated job and record the result in its batch.
     Past `deadline` (time.monotonic(); None: no deadline) the engine raises JobTimeout."""
     check_engine_options(ctx, job)
-    key = content_key(ctx.engine.identity(), job.spec)
+    lexicons = ctx.lexicons.for_job(job.spec.lexicon) if ctx.lexicons else []
+    if job.spec.lexicon and not ctx.lexicons:
+        raise InvalidJob("this worker reads no batch lexicons", field="lexicon")
+    lang = rules_language(job.spec.lang, job.spec.speaker)
+    spoken = engine_text(job.spec.text, lang=lang, lexicons=lexicons, engine=ctx.engine.name)
+    # The text rules (number rules' version, lexicon digests) change the audio: they are part
+    # of the key, beside the engine's identity.
+    identity = {**ctx.engine.identity(), "text_rules": text_rules(lexicons)}
+    key = content_key(identity, job.spec)
     okey = object_key(key, job.spec.fmt)
     fault_points.reached(ctx.settings, fault_points.LOOKUP)
     # One lookup, made under the content key's lease: a holder that stored the object released
@@ -118,7 +129,15 @@ def run_job(
 
     with ctx.leases.exclusive(key, done=found) as mine:
         if mine and not found():
-            return _synthesize_and_record(ctx, job, okey, attempt=attempt, deadline=deadline)
+            return _synthesize_and_record(
+                ctx,
+                job,
+                okey,
+                identity=identity,
+                spoken=spoken,
+                attempt=attempt,
+                deadline=deadline,
+            )
     return _cached(ctx, job, seen[-1], attempt=attempt)
 
 
@@ -150,11 +169,18 @@ def check_engine_options(ctx: WorkerContext, job: JobMessage) -> None:
 
 
 def _synthesize_and_record(
-    ctx: WorkerContext, job: JobMessage, okey: str, *, attempt: int, deadline: float | None
+    ctx: WorkerContext,
+    job: JobMessage,
+    okey: str,
+    *,
+    identity: dict[str, str | int],
+    spoken: str,
+    attempt: int,
+    deadline: float | None,
 ) -> dict[str, Any]:
     spec = job.spec
     # The second cache level: this rendition is new, but its speech may be stored already.
-    speech = speech_for(ctx, job, deadline=deadline)
+    speech = speech_for(ctx, job, identity=identity, spoken=spoken, deadline=deadline)
     try:
         rendered = render(speech.samples, source_rate=ctx.engine.sample_rate, spec=spec)
     except (InvalidJob, JobTimeout, SoftTimeLimitExceeded):

@@ -25,6 +25,7 @@ from worker.lease import ContentLease
 from worker.pipeline import WorkerContext
 from worker.push import BackgroundPusher, process_metrics, start_pusher
 from worker.synth import Synthesizer, load_engine
+from worker.text.prepare import LexiconSource
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,7 @@ def build_context(
         worker_name=name,
         leases=ContentLease(client, ttl=settings.lease_seconds),
         deadlines=deadlines,
+        lexicons=LexiconSource.from_path(settings.lexicon, client),
     )
     return ctx, pusher
 

@@ -63,6 +63,12 @@ def register(sub: Any) -> None:
     p.add_argument("--format", dest="out_format", help="wav, flac, ogg, opus or mp3")
     p.add_argument("--rate", dest="out_rate", help="sample rate in Hz (8000 ... 48000)")
     p.add_argument("--loudness", dest="out_loudness", help="target loudness, LUFS (-40 .. -5)")
+    p.add_argument(
+        "--lexicon",
+        type=Path,
+        help="a CSV, TSV or JSON file: how words or patterns are spoken, per language "
+        "(docs/lexicon.md); applied to every job of this submission",
+    )
     p.set_defaults(run=_cmd_submit)
 
     p = sub.add_parser("status", help="progress of a batch")
@@ -123,6 +129,7 @@ def _cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
             "sample_rate": args.out_rate,
             "loudness": args.out_loudness,
         },
+        lexicon=args.lexicon,
     )
     report = handle.report
     say(_submit_summary(handle.batch_id, report, args.priority), quiet=args.quiet)

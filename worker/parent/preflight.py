@@ -25,8 +25,9 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from core.errors import ConfigError, StorageAuthError, StorageError
+from core.errors import ConfigError, InvalidJob, StorageAuthError, StorageError
 from core.exit_codes import EX_CONFIG, EX_NOPERM, EX_UNAVAILABLE
+from core.lexicon import load_lexicon
 from core.redis_conn import connect
 from core.settings import Settings, mask_url
 from core.storage import AudioStore
@@ -42,11 +43,24 @@ PING_TIMEOUT_SECONDS = 5.0
 
 
 def check(settings: Settings) -> None:
-    """Redis, then S3; exits the worker (SystemExit, one line on stderr) when it cannot run."""
+    """The lexicon, Redis, then S3; exits the worker (SystemExit, one line on stderr) when it
+    cannot run."""
+    check_lexicon(settings)
     urls = dict.fromkeys([settings.broker_url, settings.results_url])
     for url in urls:
         wait_for_redis(settings, url)
     check_storage(settings)
+
+
+def check_lexicon(settings: Settings) -> None:
+    """A bad global lexicon (TTS_LEXICON) is a setting no restart fixes: EX_CONFIG, one line
+    naming the file, the entry's row and the field."""
+    if not settings.lexicon:
+        return
+    try:
+        load_lexicon(settings.lexicon)
+    except InvalidJob as exc:
+        fatal(f"TTS_LEXICON: {exc}", code=EX_CONFIG)
 
 
 def wait_for_redis(settings: Settings, url: str) -> None:
