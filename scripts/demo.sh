@@ -41,6 +41,17 @@ $bin/tts-batch submit examples/announcements.csv --batch-id "$batch" --wait \
 status=$?
 set -e
 $bin/tts-batch fetch "$batch" --to "out/$batch"
+# One announcement in three renditions (PA 48 kHz at -16 LUFS, IVR 8 kHz, MP3): one synthesis,
+# the other two made from its stored master.
+set +e
+$bin/tts-batch submit examples/renditions.csv --batch-id "$batch-renditions" --wait --quiet
+rendition_status=$?
+set -e
+$bin/tts-batch fetch "$batch-renditions" --to "out/$batch-renditions" --quiet
+echo
+echo "One announcement, three renditions (measured from the files):"
+$bin/python -m devstack.audio_report "out/$batch-renditions"
+[ "$rendition_status" -eq 0 ] || status=$rendition_status
 # Two more scrapes (5 s apart) so that the dashboard shows the batch, then draw it.
 sleep 11
 $bin/tts-batch dashboard --prometheus "$prom" --minutes 5 --out "out/$batch.dashboard.png" >/dev/null \
