@@ -103,10 +103,16 @@ def measure_text(
 def run_engine(
     name: str, engine: Any, texts: tuple[str, ...], *, synth_repeats: int, render_repeats: int
 ) -> dict[str, Any]:
-    rows = [
-        measure_text(engine, text, synth_repeats=synth_repeats, render_repeats=render_repeats)
-        for text in texts
-    ]
+    rows = []
+    for text in texts:
+        row = measure_text(engine, text, synth_repeats=synth_repeats, render_repeats=render_repeats)
+        # Progress: a CosyVoice text takes minutes on 2 cores.
+        print(
+            f"{name}: {row['audio_seconds']} s of audio, synthesis {row['synthesis_ms']} ms",
+            file=sys.stderr,
+            flush=True,
+        )
+        rows.append(row)
     return {
         "model": engine.model_id,
         "sample_rate": engine.sample_rate,
