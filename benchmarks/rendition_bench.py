@@ -94,6 +94,8 @@ def measure_text(
         "text": text,
         "audio_seconds": round(samples.size / rate, 2),
         "synthesis_ms": synthesis_ms,
+        # Seconds of synthesis per second of audio (real-time factor).
+        "synthesis_rtf": round(synthesis_ms / 1e3 / (samples.size / rate), 4),
         "master_bytes": len(master),
         "master_decode_ms": decode_ms,
         "renditions": renditions,
@@ -159,10 +161,11 @@ def format_table(report: dict[str, Any]) -> str:
     lines = [
         f"cpu: {report['machine']['cpu']} ({report['machine']['cores']} cores)",
         f"cpu flags: {' '.join(report['machine']['flags'])}",
-        f"load average at start: {report['machine']['load_average']}",
+        f"load average (1, 5, 15 min) at start {report['machine']['load_average']}, "
+        f"at end {report['machine'].get('load_average_at_end')}",
         "wall ms, median; ratio = synthesis / (decode master + render)",
     ]
-    head = f"{'engine':10} {'audio s':>7} {'synth ms':>9} {'decode ms':>9}"
+    head = f"{'engine':10} {'audio s':>7} {'synth ms':>9} {'rtf':>7} {'decode ms':>9}"
     for r in RENDITIONS:
         head += f" {r + ' ms':>22} {'ratio':>7}"
     lines.append(head)
@@ -170,7 +173,7 @@ def format_table(report: dict[str, Any]) -> str:
         for row in figures["texts"]:
             line = (
                 f"{engine:10} {row['audio_seconds']:>7} {row['synthesis_ms']:>9} "
-                f"{row['master_decode_ms']:>9}"
+                f"{row['synthesis_rtf']:>7} {row['master_decode_ms']:>9}"
             )
             for r in RENDITIONS:
                 cell = row["renditions"][r]
@@ -204,8 +207,8 @@ def main(argv: list[str] | None = None) -> int:
             "cosyvoice",
             cosyvoice_engine(args.model_dir, args.threads),
             TEXTS[:1] if args.quick else TEXTS,
-            # A synthesis takes seconds: one timed run after the warm-up.
-            synth_repeats=1,
+            # A synthesis takes seconds: the median of 3 (quick: 1) after the warm-up.
+            synth_repeats=1 if args.quick else 3,
             render_repeats=render_repeats,
         )
     report["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]

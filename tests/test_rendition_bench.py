@@ -26,6 +26,7 @@ def test_quick_espeak_run_writes_every_figure(
     assert len(espeak["texts"]) == 2 and set(espeak["median_ratio"]) == set(RENDITIONS)
     for row in espeak["texts"]:
         assert row["audio_seconds"] > 1 and row["synthesis_ms"] > 0 and row["master_bytes"] > 0
+        assert row["synthesis_rtf"] > 0 and row["master_decode_ms"] > 0
         assert set(row["renditions"]) == set(RENDITIONS)
         for cell in row["renditions"].values():
             assert cell["ms"] > 0 and cell["bytes"] > 0 and cell["synthesis_over_rendition"] > 0
