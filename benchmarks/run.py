@@ -26,7 +26,7 @@ def main() -> int:
         ["benchmarks.plumbing_bench", "--quick", "--out", "bench-results/plumbing.json"],
     ]
     # A rendition from a cached master against a synthesis, in-process (espeak < 1 min; with
-    # CosyVoice's full-size random model a few minutes more).
+    # CosyVoice's full-size random model ~6 min on 2 cores).
     renditions = ["benchmarks.rendition_bench", "--out", "bench-results/renditions.json"]
     if args.skip_cosyvoice:
         renditions.append("--skip-cosyvoice")
