@@ -25,6 +25,12 @@ def main() -> int:
         # The pipeline against a bare Celery task and one making only its S3 calls (~2.5 min).
         ["benchmarks.plumbing_bench", "--quick", "--out", "bench-results/plumbing.json"],
     ]
+    # A rendition from a cached master against a synthesis, in-process (espeak < 1 min; with
+    # CosyVoice's full-size random model ~6 min on 2 cores).
+    renditions = ["benchmarks.rendition_bench", "--out", "bench-results/renditions.json"]
+    if args.skip_cosyvoice:
+        renditions.append("--skip-cosyvoice")
+    runs.append(renditions)
     if not args.skip_cosyvoice:
         runs.append(["benchmarks.cosyvoice_bench", "--out", "bench-results/cosyvoice.json"])
         runs.append(
