@@ -32,7 +32,8 @@ from worker.push import STORAGE_OPS
 
 pytestmark = pytest.mark.integration
 
-KEY_PATTERN = re.compile(r"audio/[0-9a-f]{2}/[0-9a-f]{64}\.(wav|flac|ogg)")
+KEY_PATTERN = re.compile(r"audio/[0-9a-f]{2}/[0-9a-f]{64}\.(wav|flac|ogg|opus|mp3)")
+MASTER_PATTERN = re.compile(r"masters/[0-9a-f]{2}/[0-9a-f]{64}\.flac")
 # Every label the Pushgateway may hold for our groups, and the closed set of each value.
 ALLOWED_LABELS = {"job", "worker", "instance", "reason", "status", "op", "engine", "model",
                   "version", "le", "quantile"}  # fmt: skip
@@ -94,12 +95,16 @@ def test_object_keys_come_from_hashes_only(settings: Settings, workers: Any) -> 
         for page in store._client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
         for item in page.get("Contents", [])
     ]
-    # Beside the audio, the batch's manifest object (written as the batch ends: maybe not yet),
-    # named by the batch id, which is validated ([A-Za-z0-9._-]), never by a text.
-    audio = [key for key in listed if key != manifest_key(batch.batch_id)]
+    # Beside the audio, the speech masters (named by the synthesis key's hash) and the batch's
+    # manifest object (written as the batch ends: maybe not yet), named by the batch id, which
+    # is validated ([A-Za-z0-9._-]), never by a text.
+    masters = [key for key in listed if key.startswith("masters/")]
+    audio = [key for key in listed if key != manifest_key(batch.batch_id) and key not in masters]
     assert all(res.key is not None for res in results)
     assert sorted(audio) == sorted(str(res.key) for res in results)
     assert all(KEY_PATTERN.fullmatch(key) for key in audio), listed
+    assert len(masters) == len(texts), listed  # one synthesis each
+    assert all(MASTER_PATTERN.fullmatch(key) for key in masters), listed
     assert manifest_key("..") == "batches/%2E%2E/manifest.json"
     # Ids that could name a path are refused before they get anywhere.
     for bad in ("../x", "a/b", "..\\x", "", "x" * 129):
