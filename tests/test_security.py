@@ -17,7 +17,7 @@ import pytest
 import redis
 
 import celeryconfig
-from core.contract import TASK_STATUSES, object_key
+from core.contract import FORMATS, TASK_STATUSES, object_key
 from core.delivery import QUEUE
 from core.errors import ERROR_REASONS, InvalidBatch, InvalidJob
 from core.manifest import manifest_key
@@ -28,6 +28,7 @@ from producer.api import Producer
 from producer.sender import client_app
 from tests.support.helpers import make_settings, pushgateway_samples, wait_until
 from tests.support.hostile_corpus import capture_envelope, good_message, raw_variants
+from worker.master import FROM_MASTER, FROM_SYNTHESIS
 from worker.push import STORAGE_OPS
 
 pytestmark = pytest.mark.integration
@@ -36,7 +37,7 @@ KEY_PATTERN = re.compile(r"audio/[0-9a-f]{2}/[0-9a-f]{64}\.(wav|flac|ogg|opus|mp
 MASTER_PATTERN = re.compile(r"masters/[0-9a-f]{2}/[0-9a-f]{64}\.flac")
 # Every label the Pushgateway may hold for our groups, and the closed set of each value.
 ALLOWED_LABELS = {"job", "worker", "instance", "reason", "status", "op", "engine", "model",
-                  "version", "le", "quantile"}  # fmt: skip
+                  "version", "le", "quantile", "format", "source"}  # fmt: skip
 
 
 def test_json_only_in_the_celery_configuration() -> None:
@@ -277,7 +278,13 @@ def test_metric_labels_are_bounded(settings: Settings, workers: Any) -> None:
 
         families = list(text_string_to_metric_families(response.read().decode()))
     forbidden = {batch_id, run, *job_ids, *(row["id"] for row in rows)}
-    closed = {"reason": set(ERROR_REASONS), "status": set(TASK_STATUSES), "op": set(STORAGE_OPS)}
+    closed = {
+        "reason": set(ERROR_REASONS),
+        "status": set(TASK_STATUSES),
+        "op": set(STORAGE_OPS),
+        "format": set(FORMATS),
+        "source": {FROM_SYNTHESIS, FROM_MASTER},
+    }
     checked = 0
     for family in families:
         for sample in family.samples:
